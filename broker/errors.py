@@ -1,0 +1,240 @@
+"""TensorFleet's one error tree, shared by the client and the workers.
+
+Every error a user can meet derives from :class:`TensorFleetError`. Each class
+renders its message from structured fields (worker ids, object ids, the op) and
+says what to do next. Errors cross the wire as data (``{type, message,
+command}``); the client maps ``type`` back through :data:`ERROR_TYPES`, an
+explicit registry, and never imports a name that arrived on the wire.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class TensorFleetError(Exception):
+    """Root of every TensorFleet error."""
+
+    @classmethod
+    def from_message(cls, message: str) -> TensorFleetError:
+        """Rebuild an error that crossed the wire, keeping its rendered message."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        return error
+
+
+class ObjectNotFoundError(TensorFleetError, KeyError):
+    """A command named an object id that the worker does not hold."""
+
+    def __init__(self, obj_id: int, worker: str) -> None:
+        super().__init__(
+            f'Object "{obj_id}" not found on worker "{worker}". The pointer refers to id '
+            f"{obj_id} on {worker}, which does not exist there (any more). The usual cause is "
+            "a .get() already called on this pointer or on another pointer to the same object "
+            "(.get() removes the remote object), or worker.clear_objects(). Check "
+            f"{worker}._objects, and send the tensor again with .send({worker})."
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message; show it as written.
+        return str(self.args[0]) if self.args else ""
+
+
+class TensorsNotCollocatedException(TensorFleetError):
+    """An operation mixed tensors that live on different workers."""
+
+    def __init__(self, op: str, first: str, first_location: str, second: str,
+                 second_location: str) -> None:
+        if first_location == "me" or second_location == "me":
+            remote = second_location if first_location == "me" else first_location
+            advice = (
+                f"Call .get() on the pointer to bring its data here, or .send({remote}) "
+                f"the local tensor so that both are on {remote}."
+            )
+        else:
+            advice = (
+                f"Use .move({first_location}) or .move({second_location}) to bring them to one "
+                "worker, or .get() and .send() them."
+            )
+        super().__init__(
+            f"You tried to call {op} on two tensors which are not on the same machine: "
+            f"{first} is on {first_location} while {second} is on {second_location}. {advice}"
+        )
+
+
+class InvalidTensorForRemoteGet(TensorFleetError):
+    """remote_get() was called on a pointer whose target holds data, not another pointer."""
+
+    def __init__(self, pointer: str, worker: str) -> None:
+        super().__init__(
+            f"remote_get() needs a chain of pointers (me -> {worker} -> another worker), but "
+            f"{pointer} points at data that already lives on {worker}. Use .get() to bring it "
+            "here, or .move(worker) to send it to another worker."
+        )
+
+
+class GetRequiredError(TensorFleetError, RuntimeError):
+    """Code asked a pointer for a value that only the remote data can give."""
+
+    def __init__(self, what: str, pointer: str) -> None:
+        super().__init__(
+            f"{what} needs the tensor's data, but {pointer} only points at it. Call .get() "
+            f"first, then {what} on the local tensor (for example x.get().item())."
+        )
+
+
+class ForbiddenOperationError(TensorFleetError):
+    """The worker refused a callable that is not on its allowlist."""
+
+    def __init__(self, op: str, worker: str) -> None:
+        super().__init__(
+            f'The operation "{op}" is not on the allowlist of worker "{worker}", so it was '
+            "refused and nothing ran. Workers run only listed torch functions and tensor "
+            "methods (worker/allowlist.py); use a listed equivalent or ask the fleet's "
+            "operator to add it."
+        )
+
+
+class UnknownCommandError(TensorFleetError):
+    """A message carried a command the worker does not know."""
+
+    def __init__(self, command: str, worker: str) -> None:
+        super().__init__(
+            f'Worker "{worker}" received the unknown command "{command}". The client and the '
+            "worker speak different protocol versions: upgrade both to the same TensorFleet."
+        )
+
+
+class MalformedMessageError(TensorFleetError):
+    """A message could not be decoded or did not have the envelope's shape."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"Malformed TensorFleet message: {reason}. It was rejected and dead-lettered; "
+            "send msgpack envelopes built by broker.protocol."
+        )
+
+
+class ContentDisallowedError(TensorFleetError):
+    """A message used a content type the fleet refuses (pickle, for instance)."""
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(
+            f'Content type "{content_type}" is not accepted: TensorFleet takes only '
+            "application/x-msgpack (never pickle). The message was dead-lettered."
+        )
+
+
+class MessageTooLargeError(TensorFleetError):
+    """A message or tensor is larger than the configured limit."""
+
+    def __init__(self, size: int, limit: int, what: str = "message") -> None:
+        super().__init__(
+            f"The {what} is {size} bytes, above the limit of {limit} bytes. Raise "
+            "TENSORFLEET_MAX_OBJECT_BYTES on the workers, or split the tensor."
+        )
+
+
+class WorkerUnavailableError(TensorFleetError):
+    """A worker did not answer a synchronising call in time."""
+
+    def __init__(self, worker: str, command: str, timeout: float) -> None:
+        super().__init__(
+            f'Worker "{worker}" did not answer "{command}" within {timeout:g} s. Start it '
+            f"with `tensorfleet worker {worker}` (or `tensorfleet up {worker}`), check that "
+            "it reaches the broker at TENSORFLEET_BROKER_URL, or raise TENSORFLEET_TIMEOUT."
+        )
+
+
+class BrokerConnectionError(TensorFleetError):
+    """The client could not reach, or lost, the message broker."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"Cannot talk to the broker at {url}: {reason}. Start RabbitMQ (or point "
+            "TENSORFLEET_BROKER_URL at a running one) and try again."
+        )
+
+
+class PlanNotBuiltError(TensorFleetError, RuntimeError):
+    """A plan was sent or run before it was built."""
+
+    def __init__(self, plan: str) -> None:
+        super().__init__(
+            f"The plan {plan} has not been built yet. Build it first: plan.build(*example_args) "
+            "or @sy.func2plan(args_shape=[...]), then send it."
+        )
+
+
+class ConfigurationError(TensorFleetError, ValueError):
+    """A TENSORFLEET_* environment variable holds a value that cannot be used."""
+
+    def __init__(self, variable: str, value: str, expected: str) -> None:
+        super().__init__(
+            f"{variable}={value!r} is not valid: expected {expected}. Fix or unset it "
+            "(the README lists every setting and its default)."
+        )
+
+
+class RemoteExecutionError(TensorFleetError):
+    """An error of a type the client does not know happened on a worker."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name} on the worker: {message}")
+
+
+#: Every TensorFleet error type, by name, as it travels on the wire.
+ERROR_TYPES: dict[str, type[TensorFleetError]] = {
+    cls.__name__: cls
+    for cls in (
+        TensorFleetError,
+        ObjectNotFoundError,
+        TensorsNotCollocatedException,
+        InvalidTensorForRemoteGet,
+        GetRequiredError,
+        ForbiddenOperationError,
+        UnknownCommandError,
+        MalformedMessageError,
+        ContentDisallowedError,
+        MessageTooLargeError,
+        WorkerUnavailableError,
+        BrokerConnectionError,
+        PlanNotBuiltError,
+        ConfigurationError,
+        RemoteExecutionError,
+    )
+}
+
+#: Builtin exceptions that torch raises and that keep their type across the wire.
+BUILTIN_ERROR_TYPES: dict[str, type[Exception]] = {
+    name: getattr(builtins, name)
+    for name in (
+        "RuntimeError",
+        "ValueError",
+        "TypeError",
+        "IndexError",
+        "KeyError",
+        "AttributeError",
+        "ZeroDivisionError",
+        "NotImplementedError",
+        "OverflowError",
+        "AssertionError",
+    )
+}
+
+
+def error_to_wire(error: BaseException, command: str) -> dict[str, Any]:
+    """Describe an exception as plain data: its type name, message and the failing command."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return {"type": type(error).__name__, "message": message, "command": command}
+
+
+def error_from_wire(data: dict[str, Any]) -> Exception:
+    """Rebuild an exception from :func:`error_to_wire` data through the explicit registries."""
+    type_name = str(data.get("type", "RemoteExecutionError"))
+    message = str(data.get("message", ""))
+    if type_name in ERROR_TYPES:
+        return ERROR_TYPES[type_name].from_message(message)
+    if type_name in BUILTIN_ERROR_TYPES:
+        return BUILTIN_ERROR_TYPES[type_name](message)
+    return RemoteExecutionError(type_name, message)

@@ -1,0 +1,126 @@
+"""The TensorFleet protocol: what a batch message and a reply contain.
+
+A message (an *envelope*) is a msgpack map::
+
+    {"v": 1, "batch": <int>, "sender": <str>, "reply_to": <str|None>, "commands": [...]}
+
+``batch`` is unique per sender and makes redelivery idempotent; ``reply_to`` is the
+address that replies and errors go to (a client's reply queue, or an in-process
+mailbox); delivery options never share a namespace with a command's torch call.
+
+Each command is a list whose first item names it. Object ids are ints chosen by
+the client; ``Ref`` marks an argument that names a stored object (optionally one
+of its attributes, ``grad`` or ``data``); ``request`` is an int the worker echoes
+in its reply, or None when no reply is wanted (pipelined commands).
+
+==================  ===========================================================
+command             fields and meaning
+==================  ===========================================================
+store               [id, obj, request]: keep ``obj`` (tensor or PointerRecord) under id
+op                  [name, args, kwargs, result_ids, grad_enabled, request]: run an
+                    allowlisted callable, keep its tensor results under result_ids;
+                    a request asks for the results' metadata in the reply
+get                 [ref, request]: reply with the object; a plain ref deletes it
+delete              [id]: drop the object; a stored pointer that owns its target
+                    deletes that too (chains are deleted hop by hop)
+setattr             [ref, attr, value]: ``tensor.grad = value`` and the like
+send_to             [id, dest, dest_id, request]: give the object to worker ``dest``
+                    under ``dest_id`` and forget it here (move, remote_get)
+remote_get          [id, request]: the object is a pointer; pull its data here,
+                    keep it under the same id
+objects             [request]: reply with every stored object, for display
+count               [request]: reply with the number of stored objects
+clear               [request]: forget every object (no cascade)
+ping                [request]: reply ``True``; a health check
+==================  ===========================================================
+
+A reply is ``{"v": 1, "replies": [[request, ok, payload], ...]}``: ``ok`` is True
+with the result as payload, or False with ``{type, message, command}``. An error of
+a pipelined command (request None) is reported with request None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+STORE = "store"
+OP = "op"
+GET = "get"
+DELETE = "delete"
+SETATTR = "setattr"
+SEND_TO = "send_to"
+REMOTE_GET = "remote_get"
+OBJECTS = "objects"
+COUNT = "count"
+CLEAR = "clear"
+PING = "ping"
+PLAN = "plan"
+RUN_PLAN = "run_plan"
+
+#: Command name -> number of fields after the name.
+COMMAND_ARITY: dict[str, int] = {
+    STORE: 3,
+    OP: 6,
+    GET: 2,
+    DELETE: 1,
+    SETATTR: 3,
+    SEND_TO: 4,
+    REMOTE_GET: 2,
+    OBJECTS: 1,
+    COUNT: 1,
+    CLEAR: 1,
+    PING: 1,
+    PLAN: 3,
+    RUN_PLAN: 5,
+}
+
+#: Attributes of a stored tensor that a Ref may name.
+REF_ATTRS = (None, "grad", "data")
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """An argument that names a stored object (or its ``grad``/``data``) on the receiver."""
+
+    id: int
+    attr: str | None = None
+
+
+@dataclass(slots=True)
+class PointerRecord:
+    """A pointer kept *on* a worker: the object lives at ``location`` under ``id_at_location``.
+
+    ``owns`` says whether dropping this record deletes its target (ownership passes
+    to the newest hop of a chain). Shape, dtype and requires_grad travel with it so a
+    client that receives it (``get`` on a pointer-to-pointer) needs no extra call.
+    """
+
+    location: str
+    id_at_location: int
+    owns: bool
+    shape: tuple[int, ...]
+    dtype: str
+    requires_grad: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta:
+    """What the client knows of a remote tensor without asking: shape, dtype, requires_grad."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    requires_grad: bool
+
+
+def envelope(batch: int, sender: str, reply_to: str | None, commands: list[Any]) -> dict[str, Any]:
+    """Build a batch message."""
+    return {"v": PROTOCOL_VERSION, "batch": batch, "sender": sender, "reply_to": reply_to,
+            "commands": commands}
+
+
+def reply_envelope(replies: list[list[Any]]) -> dict[str, Any]:
+    """Build a reply message."""
+    return {"v": PROTOCOL_VERSION, "replies": replies}
