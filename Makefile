@@ -26,7 +26,7 @@ $(BIN)/python:
 # Re-installs only when pyproject.toml changes (or the venv is new).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install '$(TORCH)'
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install --config-settings editable_mode=compat -e '.[test]'
 	touch $@
 
 setup: $(STAMP) ## create .venv, install torch 2.13.0 (CPU), then the package with test extras

@@ -87,6 +87,16 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
+def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
+    """A tensor encoded *now*, ready to sit in a queued command (later changes don't leak in)."""
+    return msgpack.ExtType(EXT_TENSOR, encode_tensor(tensor))
+
+
+def ref_ext(obj_id: int, attr: str | None = None) -> msgpack.ExtType:
+    """A :class:`Ref` already in wire form: clients build it once per pointer, not per op."""
+    return msgpack.ExtType(EXT_REF, _REF_STRUCT.pack(obj_id, _REF_ATTR_CODES[attr]))
+
+
 def _safetensors_metadata(buffer: bytes) -> dict[str, str]:
     if len(buffer) < 8:
         raise MalformedMessageError("a tensor buffer is shorter than its header")

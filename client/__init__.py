@@ -1,0 +1,45 @@
+"""TensorFleet's user API: ``import client as sy``.
+
+Exactly the public contract of DESIGN.md: the hook, the two worker kinds,
+pointers, the error tree, federated data, optimizers and plans.
+"""
+
+from typing import Any
+
+from broker.errors import (
+    BrokerConnectionError,
+    ForbiddenOperationError,
+    GetRequiredError,
+    InvalidTensorForRemoteGet,
+    ObjectNotFoundError,
+    PlanNotBuiltError,
+    TensorFleetError,
+    TensorsNotCollocatedException,
+    WorkerUnavailableError,
+)
+from client.hook import TorchHook
+from client.multipointer import MultiPointerTensor
+from client.pointer import PointerTensor
+from client.workers import BaseWorker, FleetWorker, VirtualWorker
+
+#: the hook's local worker ("me"); set by ``TorchHook(torch)``
+local_worker: Any = None
+
+__all__ = [
+    "BaseWorker",
+    "BrokerConnectionError",
+    "FleetWorker",
+    "ForbiddenOperationError",
+    "GetRequiredError",
+    "InvalidTensorForRemoteGet",
+    "MultiPointerTensor",
+    "ObjectNotFoundError",
+    "PlanNotBuiltError",
+    "PointerTensor",
+    "TensorFleetError",
+    "TensorsNotCollocatedException",
+    "TorchHook",
+    "VirtualWorker",
+    "WorkerUnavailableError",
+    "local_worker",
+]

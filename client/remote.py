@@ -1,0 +1,116 @@
+"""Moving objects: send, get, move and remote_get, for tensors and pointers.
+
+These are the calls that change *where* data lives. ``send`` is pipelined like
+any op; ``get``, ``move`` and ``remote_get`` wait, because the next command may
+depend on where the data now is. ``move`` and ``remote_get`` are carried out
+worker to worker: the data never passes through the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from broker import codec, protocol
+from broker.protocol import PointerRecord
+from client.meta import Meta
+from client.pointer import PointerTensor, make_pointer, new_id
+
+
+def local_meta(tensor: torch.Tensor) -> Meta:
+    """What a pointer to a copy of ``tensor`` knows about it."""
+    return (tuple(tensor.shape), tensor.dtype, tensor.requires_grad)
+
+
+def _check_worker(location: Any) -> Any:
+    from client.workers import BaseWorker
+
+    if not isinstance(location, BaseWorker):
+        raise TypeError(f"send() takes workers (sy.VirtualWorker or sy.FleetWorker), not "
+                        f"{type(location).__name__}: x.send(bob)")
+    return location
+
+
+def send_tensor(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
+    """``tensor.send(bob)``: bob keeps a copy under a new id; returns the pointer."""
+    if not locations:
+        raise TypeError("send() needs at least one worker: x.send(bob)")
+    if len(locations) > 1:
+        from client.multipointer import MultiPointerTensor
+
+        return MultiPointerTensor.from_children(
+            {_check_worker(w).id: send_tensor(tensor, [w]) for w in locations})
+    location = _check_worker(locations[0])
+    obj_id = new_id()
+    location._enqueue([protocol.STORE, obj_id, codec.tensor_ext(tensor), None])
+    pointer = make_pointer(location, obj_id, local_meta(tensor))
+    if tensor.requires_grad and tensor.grad is None:
+        pointer.child.grad_cleared_epoch = location.backward_epoch
+    return pointer
+
+
+def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
+    """``ptr.send(alice)``: alice keeps a pointer to the data; ownership passes to her."""
+    if len(locations) != 1:
+        raise NotImplementedError("A pointer can be sent onward to one worker at a time.")
+    location = _check_worker(locations[0])
+    pointer = wrapper.child
+    if pointer.point_to_attr is not None:
+        raise ValueError(f"{pointer!r} points at an attribute; send .clone() of it instead")
+    _check_same_fleet(pointer.location, location)
+    shape, dtype, requires_grad = pointer.meta
+    record = PointerRecord(pointer.location.id, pointer.id_at_location,
+                           pointer.garbage_collect_data, shape, codec.dtype_name(dtype),
+                           requires_grad)
+    location._enqueue([protocol.STORE, pointer.id, record, None])
+    pointer.garbage_collect_data = False
+    return make_pointer(location, pointer.id, pointer.meta)
+
+
+def get_pointer(wrapper: PointerTensor) -> Any:
+    """``ptr.get()``: the object comes here and the worker forgets it."""
+    pointer = wrapper.child
+    payload = pointer.location._request([protocol.GET, pointer.ref, None], "get")
+    if pointer.point_to_attr is not None:
+        return payload
+    pointer.garbage_collect_data = False
+    if isinstance(payload, PointerRecord):
+        # a pointer-to-pointer: what comes back is a pointer to the next hop, and it owns
+        # the data (PySyft returned it with garbage collection off, which leaked)
+        location = pointer.location.session.worker(payload.location)
+        return make_pointer(location, payload.id_at_location, pointer.meta,
+                            obj_id=pointer.id_at_location)
+    return payload
+
+
+def move_pointer(wrapper: PointerTensor, destination: Any) -> Any:
+    """``ptr.move(alice)``: bob sends the data straight to alice, same id; returns ``ptr``."""
+    pointer = wrapper.child
+    destination = _check_worker(destination)
+    if destination is pointer.location:
+        return wrapper
+    if pointer.point_to_attr is not None:
+        raise ValueError(f"{pointer!r} points at an attribute; move the tensor itself")
+    _check_same_fleet(pointer.location, destination)
+    pointer.location._request(
+        [protocol.SEND_TO, pointer.id_at_location, destination.id, pointer.id_at_location, None],
+        f"move to {destination.id}")
+    pointer.location = destination
+    return wrapper
+
+
+def remote_get_pointer(wrapper: PointerTensor) -> Any:
+    """``ptr.remote_get()`` on me -> alice -> bob: the data moves from bob to alice."""
+    pointer = wrapper.child
+    pointer.location._request([protocol.REMOTE_GET, pointer.id_at_location, None], "remote_get")
+    return wrapper
+
+
+def _check_same_fleet(source: Any, destination: Any) -> None:
+    if source.session is not destination.session:
+        raise ValueError(
+            f"{source.id} and {destination.id} are not in the same fleet (one is in-process, "
+            "the other a fleet worker), so data cannot pass between them directly: .get() it "
+            "and .send() it instead.")

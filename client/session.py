@@ -1,0 +1,138 @@
+"""A client's conversation with its workers over one transport: batching, replies, errors.
+
+Pointer ops never wait. Commands queue per worker and go out as one message per
+worker when a synchronising call needs an answer or when ``batch_size``
+commands are waiting. Queues flush in the order workers first got a pending
+command, so data a worker will forward to is published before the forward.
+
+Finalizers (pointer garbage collection) only append a delete to a queue: they
+never do I/O, never flush and never take a lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from broker import codec, protocol
+from broker.errors import WorkerUnavailableError, error_from_wire
+from client.transport import Transport
+
+#: commands waiting in a session before it flushes by itself
+DEFAULT_BATCH_SIZE = 1000
+
+
+class Session:
+    """Request ids, per-worker command queues and reply routing for one transport."""
+
+    def __init__(self, transport: Transport, timeout: float, batch_size: int = DEFAULT_BATCH_SIZE,
+                 client_id: str | None = None) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self.client_id = client_id or f"client-{os.getpid()}-{random.getrandbits(32):08x}"
+        self._queues: dict[str, deque[list[Any]]] = {}
+        self._queued = 0
+        self._requests = itertools.count(1)
+        self._batches = itertools.count(random.getrandbits(40))
+        self._replies: dict[int, tuple[bool, Any]] = {}
+        self._errors: list[Exception] = []
+        #: worker id -> client-side handle, so pointers that arrive by id find their worker
+        self.workers: dict[str, Any] = {}
+        self.worker_factory: Callable[[str], Any] | None = None
+
+    # ------------------------------------------------------------------ queueing
+    def enqueue(self, worker_id: str, command: list[Any]) -> None:
+        """Queue a pipelined command; flush when the batch is full."""
+        queue = self._queues.get(worker_id)
+        if queue is None:
+            queue = self._queues[worker_id] = deque()
+        queue.append(command)
+        self._queued += 1
+        if self._queued >= self.batch_size:
+            self.flush()
+
+    def enqueue_from_finalizer(self, worker_id: str, command: list[Any]) -> None:
+        """Queue a command from a finalizer: append only, never flush (no I/O in __del__)."""
+        queue = self._queues.get(worker_id)
+        if queue is None:
+            queue = self._queues.setdefault(worker_id, deque())
+        queue.append(command)
+
+    def flush(self) -> None:
+        """Send every queued command, one message per worker."""
+        self._queued = 0
+        for worker_id in list(self._queues):
+            queue = self._queues.get(worker_id)
+            if not queue:
+                continue
+            commands = []
+            popleft = queue.popleft
+            while queue:
+                commands.append(popleft())
+            body = codec.encode(protocol.envelope(next(self._batches), self.client_id,
+                                                  self.transport.reply_address, commands))
+            # drop the emptied queue so flush order follows the next first command
+            if not queue:
+                self._queues.pop(worker_id, None)
+            self.transport.publish(worker_id, body)
+
+    # ------------------------------------------------------------------ requests
+    def request(self, worker_id: str, command: list[Any], label: str) -> Any:
+        """Send ``command`` (its last field, the request id, is filled in) and wait for the answer.
+
+        Errors of earlier pipelined commands are raised first, with their original type.
+        """
+        request_id = next(self._requests)
+        command[-1] = request_id
+        self.enqueue(worker_id, command)
+        self.flush()
+        return self.wait(request_id, worker_id, label)
+
+    def wait(self, request_id: int, worker_id: str, label: str) -> Any:
+        """Wait for the reply to ``request_id``; WorkerUnavailableError after the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while request_id not in self._replies:
+            body = self.transport.receive(max(deadline - time.monotonic(), 0.0))
+            if body is None:
+                raise WorkerUnavailableError(worker_id, label, self.timeout)
+            self._dispatch(body)
+        ok, payload = self._replies.pop(request_id)
+        self.raise_pending_errors()
+        if not ok:
+            raise error_from_wire(payload)
+        return payload
+
+    def raise_pending_errors(self) -> None:
+        """Raise the first error a pipelined command reported (and forget the rest of the burst)."""
+        if self._errors:
+            error, self._errors = self._errors[0], []
+            raise error
+
+    def synchronize(self, worker_id: str) -> None:
+        """Flush and wait until ``worker_id`` has run everything sent so far."""
+        self.request(worker_id, [protocol.PING, None], "ping")
+
+    def _dispatch(self, body: bytes) -> None:
+        message = codec.decode(body)
+        for request_id, ok, payload in message.get("replies", ()):
+            if request_id is None:
+                if not ok:
+                    self._errors.append(error_from_wire(payload))
+            else:
+                self._replies[request_id] = (ok, payload)
+
+    # ------------------------------------------------------------------ workers
+    def worker(self, worker_id: str) -> Any:
+        """The handle of ``worker_id`` in this session, created on first use."""
+        handle = self.workers.get(worker_id)
+        if handle is None:
+            if self.worker_factory is None:
+                raise KeyError(worker_id)
+            handle = self.worker_factory(worker_id)
+        return handle

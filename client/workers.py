@@ -1,0 +1,170 @@
+"""Client-side worker handles: ``VirtualWorker`` (in-process) and ``FleetWorker`` (a real fleet).
+
+A handle is a name plus a session: it queues commands and asks questions; the
+objects live on the worker. One handle exists per worker id and session, so a
+second ``VirtualWorker(hook, id="bob")`` is the same object and sees the same
+store, as in PySyft.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from broker import protocol
+from broker.errors import TensorFleetError
+from broker.protocol import PointerRecord
+from client.session import Session
+
+
+class StoredPointer:
+    """How a pointer kept *on* a worker shows in ``worker._objects``."""
+
+    def __init__(self, holder: str, key: int, record: PointerRecord) -> None:
+        self.holder = holder
+        self.key = key
+        self.location = record.location
+        self.id_at_location = record.id_at_location
+        self.garbage_collect_data = record.owns
+
+    def __repr__(self) -> str:
+        return (f"(Wrapper)>[PointerTensor | {self.holder}:{self.key} -> "
+                f"{self.location}:{self.id_at_location}]")
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, StoredPointer) and other.location == self.location
+                and other.id_at_location == self.id_at_location)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class BaseWorker:
+    """A worker as the client sees it."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __new__(cls, hook: Any = None, id: str = "", **options: Any) -> BaseWorker:
+        session = cls._session()
+        existing = session.workers.get(id)
+        if existing is not None and type(existing) is cls:
+            return existing
+        if existing is not None:
+            raise RuntimeError(
+                f"A {type(existing).__name__} with id {id!r} already exists; a worker id names "
+                "one worker, so pick another id for this one.")
+        return super().__new__(cls)
+
+    def __init__(self, hook: Any = None, id: str = "", **options: Any) -> None:
+        if getattr(self, "session", None) is not None:
+            return  # the same worker, created again by id
+        if not isinstance(id, str) or not id:
+            raise ValueError("a worker needs a non-empty string id: sy.VirtualWorker(hook, id='bob')")
+        self.id = id
+        self.hook = hook
+        self.is_client_worker = bool(options.get("is_client_worker", False))
+        #: counts backward() calls sent here; a cleared .grad stays None until the next one
+        self.backward_epoch = 0
+        self.session: Session = self._session()
+        self.session.workers[id] = self
+        self._connect()
+
+    @classmethod
+    def _session(cls) -> Session:
+        raise NotImplementedError
+
+    def _connect(self) -> None:
+        """Make sure the worker exists (in-process: create its engine)."""
+
+    # -- the session, for pointers ---------------------------------------------------------
+    def _enqueue(self, command: list[Any]) -> None:
+        self.session.enqueue(self.id, command)
+
+    def _finalize_delete(self, obj_id: int) -> None:
+        self.session.enqueue_from_finalizer(self.id, [protocol.DELETE, obj_id])
+
+    def _request(self, command: list[Any], label: str) -> Any:
+        return self.session.request(self.id, command, label)
+
+    # -- what users call ---------------------------------------------------------------------
+    @property
+    def _objects(self) -> dict[int, Any]:
+        """Every object on the worker, fetched now: ``{id: tensor or stored pointer}``."""
+        objects = self._request([protocol.OBJECTS, None], "_objects")
+        return {key: StoredPointer(self.id, key, value) if isinstance(value, PointerRecord)
+                else value for key, value in objects.items()}
+
+    def object_count(self) -> int:
+        """How many objects the worker holds."""
+        return int(self._request([protocol.COUNT, None], "count"))
+
+    def clear_objects(self, return_self: bool = True) -> BaseWorker | None:
+        """Forget every object on the worker (pointers to them dangle); returns the worker."""
+        self._request([protocol.CLEAR, None], "clear_objects")
+        return self if return_self else None
+
+    def synchronize(self) -> None:
+        """Wait until the worker has run every command sent so far (raises their errors)."""
+        self.session.synchronize(self.id)
+
+    def __getitem__(self, obj_id: int) -> Any:
+        return self._objects.get(obj_id)
+
+    def __repr__(self) -> str:
+        try:
+            count: Any = self.object_count()
+        except TensorFleetError:  # a repr must not raise: an unreachable worker shows as '?'
+            count = "?"
+        return f"<{type(self).__name__} id:{self.id} #objects:{count}>"
+
+    __str__ = __repr__
+
+
+_in_process_session: Session | None = None
+_fleet_session: Session | None = None
+
+
+class VirtualWorker(BaseWorker):
+    """A worker in this process: the same engine as the fleet, no servers."""
+
+    @classmethod
+    def _session(cls) -> Session:
+        global _in_process_session
+        with cls._lock:
+            if _in_process_session is None:
+                from client.inprocess import Hub, InProcessTransport
+
+                session = Session(InProcessTransport(Hub()), timeout=0.0)
+                session.worker_factory = lambda worker_id: VirtualWorker(None, id=worker_id)
+                _in_process_session = session
+            return _in_process_session
+
+    def _connect(self) -> None:
+        from client.inprocess import InProcessTransport
+
+        transport = self.session.transport
+        assert isinstance(transport, InProcessTransport)
+        transport.hub.engine(self.id)
+
+
+class FleetWorker(BaseWorker):
+    """Worker ``id`` of a running fleet (``tensorfleet worker <id>``), reached through RabbitMQ."""
+
+    @classmethod
+    def _session(cls) -> Session:
+        global _fleet_session
+        with cls._lock:
+            if _fleet_session is None:
+                from broker.settings import get_settings
+                from client.fleet import get_fleet_transport
+
+                settings = get_settings()
+                session = Session(get_fleet_transport(), timeout=settings.timeout,
+                                  batch_size=settings.batch_size)
+                session.worker_factory = lambda worker_id: FleetWorker(None, id=worker_id)
+                _fleet_session = session
+            return _fleet_session
+
+
+def local_worker() -> VirtualWorker:
+    """The client's own worker, "me", as in PySyft."""
+    return VirtualWorker(None, id="me", is_client_worker=True)

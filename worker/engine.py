@@ -1,0 +1,384 @@
+"""The worker engine: runs one message of commands against an object store.
+
+The engine is transport-free: it takes envelope bytes and returns the messages
+to send (replies for the client, follow-up commands for other workers). The
+Celery task and the in-process hub are thin shells around :meth:`Engine.handle`.
+
+Worker-to-worker work never waits: an op on a stored pointer is *forwarded* as
+a new command to the pointer's location and the result is recorded here as a
+pointer; ``send_to`` hands an object to another worker in a message; the worker
+at the end of a transfer answers the client directly. So a chain that revisits
+a worker (me -> bob -> alice -> bob) cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from broker import codec, protocol
+from broker.errors import (
+    InvalidTensorForRemoteGet,
+    MalformedMessageError,
+    ObjectNotFoundError,
+    TensorFleetError,
+    TensorsNotCollocatedException,
+    UnknownCommandError,
+    error_to_wire,
+)
+from broker.protocol import PointerRecord, Ref
+from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
+from worker.store import ObjectStore
+
+#: (kind, address, body): kind "worker" -> address is a worker id; "reply" -> a reply_to
+Outgoing = tuple[str, str, bytes]
+
+
+@dataclass
+class HandleResult:
+    """What one message produced."""
+
+    outgoing: list[Outgoing]
+    #: why the message should be dead-lettered (it named an unknown or forbidden op), or None
+    rejected: str | None = None
+    #: the replies, also inside ``outgoing`` when the message had a reply_to
+    replies: list[list[Any]] = field(default_factory=list)
+
+
+class _StoredFailure(Exception):
+    """An argument names the result of a command that failed earlier."""
+
+    def __init__(self, error: dict[str, str]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+class _Forward(Exception):
+    """The op's arguments are pointers to another worker: the op must travel there."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def derive_id(obj_id: int, worker_id: str) -> int:
+    """The id a forwarded result gets at the next hop: deterministic, so redelivery repeats it."""
+    digest = hashlib.blake2b(f"{obj_id}:{worker_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 100_000_000_000
+
+
+#: (before, after) callables around every message, for metrics and tracing
+Hook = tuple[Callable[[str, int], None], Callable[[str, int, float], None]]
+
+
+class Engine:
+    """Executes TensorFleet commands for one worker id."""
+
+    def __init__(self, worker_id: str, store: ObjectStore | None = None,
+                 allowlist: Allowlist = DEFAULT_ALLOWLIST) -> None:
+        self.worker_id = worker_id
+        self.store = store if store is not None else ObjectStore(worker_id)
+        self.allowlist = allowlist
+        self._handlers: dict[str, Callable[..., None]] = {
+            protocol.STORE: self._store,
+            protocol.OP: self._op,
+            protocol.GET: self._get,
+            protocol.DELETE: self._delete,
+            protocol.SETATTR: self._setattr,
+            protocol.SEND_TO: self._send_to,
+            protocol.REMOTE_GET: self._remote_get,
+            protocol.OBJECTS: self._objects,
+            protocol.COUNT: self._count,
+            protocol.CLEAR: self._clear,
+            protocol.PING: self._ping,
+        }
+        # per-message state
+        self._replies: list[list[Any]] = []
+        self._forwards: dict[str, list[list[Any]]] = {}
+        self._rejected: str | None = None
+
+    # ------------------------------------------------------------------ message level
+    def handle(self, body: bytes) -> HandleResult:
+        """Run one envelope; MalformedMessageError if it is not one."""
+        message = codec.decode(body)
+        batch, sender, reply_to, commands = _validate_envelope(message)
+        batch_key = f"{sender}:{batch}"
+        replayed = self.store.replay(batch_key)
+        if replayed is not None:
+            return HandleResult(replayed)
+        self._replies, self._forwards, self._rejected = [], {}, None
+        for command in commands:
+            self._run(command)
+        outgoing: list[Outgoing] = []
+        for destination, forwarded in self._forwards.items():
+            forward_batch = derive_id(batch, f"{self.worker_id}>{destination}:{sender}")
+            outgoing.append(("worker", destination, codec.encode(
+                protocol.envelope(forward_batch, self.worker_id, reply_to, forwarded))))
+        if self._replies and reply_to is not None:
+            outgoing.append(("reply", reply_to, codec.encode(protocol.reply_envelope(self._replies))))
+        self.store.commit(batch_key, outgoing)
+        return HandleResult(outgoing, self._rejected, self._replies)
+
+    def _run(self, command: Any) -> None:
+        if not isinstance(command, list) or not command or not isinstance(command[0], str):
+            self._fail(None, (), MalformedMessageError("a command is not a [name, ...] list"), "?")
+            self._rejected = "malformed command"
+            return
+        name = command[0]
+        handler = self._handlers.get(name)
+        if handler is None or len(command) - 1 != protocol.COMMAND_ARITY[name]:
+            request = command[-1] if len(command) > 1 and isinstance(command[-1], int) else None
+            error = UnknownCommandError(name, self.worker_id)
+            self._fail(request, (), error, name)
+            self._rejected = str(error)
+            return
+        handler(*command[1:])
+
+    def _reply(self, request: int | None, payload: Any) -> None:
+        if request is not None:
+            self._replies.append([request, True, payload])
+
+    def _fail(self, request: int | None, result_ids: Iterable[int], error: BaseException,
+              command: str) -> None:
+        """Report an error, and mark the results the command would have made as failed."""
+        wire = error.error if isinstance(error, _StoredFailure) else error_to_wire(error, command)
+        for result_id in result_ids:
+            self.store.mark_failed(result_id, wire)
+        if request is not None or not isinstance(error, _StoredFailure):
+            # an already-reported failure flowing into later results is not reported twice
+            self._replies.append([request, False, wire])
+
+    def _forward(self, destination: str, command: list[Any]) -> None:
+        if destination == self.worker_id:
+            self._run(command)  # a pointer to ourselves: no need for a message
+        else:
+            self._forwards.setdefault(destination, []).append(command)
+
+    # ------------------------------------------------------------------ lookups
+    def _lookup(self, obj_id: Any) -> Any:
+        try:
+            return self.store.objects[obj_id]
+        except (KeyError, TypeError):
+            failure = self.store.failures.get(obj_id) if isinstance(obj_id, int) else None
+            if failure is not None:
+                raise _StoredFailure(failure) from None
+            raise ObjectNotFoundError(obj_id, self.worker_id) from None
+
+    def _resolve_ref(self, ref: Ref) -> Any:
+        obj = self._lookup(ref.id)
+        if isinstance(obj, PointerRecord):
+            raise _Forward(obj.location)
+        if ref.attr is None:
+            return obj
+        value = getattr(obj, ref.attr)
+        if value is None:
+            raise RuntimeError(
+                f"Object {ref.id} on {self.worker_id} has no .{ref.attr} yet (it is None): "
+                "run backward() on a result that depends on it first."
+            )
+        return value
+
+    def _resolve(self, value: Any) -> Any:
+        if type(value) is Ref:
+            return self._resolve_ref(value)
+        if type(value) is list or type(value) is tuple:
+            return type(value)(self._resolve(item) for item in value)
+        if type(value) is dict:
+            return {key: self._resolve(item) for key, item in value.items()}
+        return value
+
+    def _refs(self, value: Any) -> Iterable[Ref]:
+        if type(value) is Ref:
+            yield value
+        elif type(value) is list or type(value) is tuple:
+            for item in value:
+                yield from self._refs(item)
+        elif type(value) is dict:
+            for item in value.values():
+                yield from self._refs(item)
+
+    def _rewrite_for_forward(self, value: Any, location: str) -> Any:
+        """Replace refs to stored pointers with refs to their targets at ``location``."""
+        if type(value) is Ref:
+            obj = self._lookup(value.id)
+            if not isinstance(obj, PointerRecord):
+                raise TensorsNotCollocatedException(
+                    "an operation", f"object {value.id}", self.worker_id,
+                    "a pointer's target", location)
+            if obj.location != location:
+                raise TensorsNotCollocatedException(
+                    "an operation", f"object {obj.id_at_location}", obj.location,
+                    "another pointer's target", location)
+            return Ref(obj.id_at_location, value.attr)
+        if type(value) is list or type(value) is tuple:
+            return type(value)(self._rewrite_for_forward(item, location) for item in value)
+        if type(value) is dict:
+            return {key: self._rewrite_for_forward(item, location) for key, item in value.items()}
+        return value
+
+    # ------------------------------------------------------------------ commands
+    def _store(self, obj_id: int, obj: Any, request: int | None) -> None:
+        if not isinstance(obj, torch.Tensor | PointerRecord):
+            self._fail(request, (), MalformedMessageError("store takes a tensor or a pointer"),
+                       protocol.STORE)
+            return
+        self.store.put(obj_id, obj)
+        self._reply(request, True)
+
+    def _op(self, name: str, args: list[Any], kwargs: dict[str, Any], result_ids: list[int],
+            grad_enabled: bool, request: int | None) -> None:
+        command = f"op {name}"
+        try:
+            func = self.allowlist.resolve(name, self.worker_id)
+        except TensorFleetError as error:
+            self._fail(request, result_ids, error, command)
+            self._rejected = str(error)
+            return
+        try:
+            try:
+                call_args = self._resolve(args)
+                call_kwargs = self._resolve(kwargs) if kwargs else {}
+            except _Forward as forward:
+                self._forward_op(name, args, kwargs, result_ids, grad_enabled, request,
+                                 forward.location)
+                return
+            with torch.set_grad_enabled(bool(grad_enabled)):
+                result = func(*call_args, **call_kwargs)
+            self._keep_results(name, result, result_ids, args)
+        except Exception as error:  # any torch error is reported to the client, not raised here
+            self._fail(request, result_ids, error, command)
+            return
+        if request is not None:
+            self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])
+
+    def _keep_results(self, name: str, result: Any, result_ids: list[int], args: Any) -> None:
+        if not result_ids:  # in-place or void: note what changed for write-through
+            for ref in self._refs(args):
+                self.store.touch(ref.id)
+            if name == "Tensor.backward":
+                for obj_id, obj in self.store.objects.items():
+                    if isinstance(obj, torch.Tensor) and obj.requires_grad and obj.is_leaf:
+                        self.store.touch(obj_id)
+            return
+        outputs = [result] if isinstance(result, torch.Tensor) else result
+        if not isinstance(outputs, list | tuple) or len(outputs) != len(result_ids) or not all(
+                isinstance(output, torch.Tensor) for output in outputs):
+            raise TypeError(f"{name} returned {type(result).__name__}, not "
+                            f"{len(result_ids)} tensor(s); call .get() to read values")
+        for result_id, output in zip(result_ids, outputs, strict=True):
+            self.store.put(result_id, output)
+
+    def _forward_op(self, name: str, args: list[Any], kwargs: dict[str, Any],
+                    result_ids: list[int], grad_enabled: bool, request: int | None,
+                    location: str) -> None:
+        forwarded_args = self._rewrite_for_forward(args, location)
+        forwarded_kwargs = self._rewrite_for_forward(kwargs, location) if kwargs else {}
+        next_ids = [derive_id(result_id, self.worker_id) for result_id in result_ids]
+        for result_id, next_id in zip(result_ids, next_ids, strict=True):
+            self.store.put(result_id, PointerRecord(location, next_id, True, (), "", False))
+        self._forward(location, [protocol.OP, name, forwarded_args, forwarded_kwargs, next_ids,
+                                 grad_enabled, request])
+
+    def _get(self, ref: Any, request: int | None) -> None:
+        try:
+            if type(ref) is not Ref:
+                raise MalformedMessageError("get takes a reference")
+            obj = self._lookup(ref.id)
+            if isinstance(obj, PointerRecord) and ref.attr is not None:
+                self._forward(obj.location, [protocol.GET, Ref(obj.id_at_location, ref.attr),
+                                             request])
+                return
+            value = self._resolve_ref(ref) if ref.attr else obj
+            if ref.attr is None:
+                # ownership of the object (or of a pointer's target) passes to the caller
+                self.store.pop(ref.id)
+        except Exception as error:
+            self._fail(request, (), error, protocol.GET)
+            return
+        self._reply(request, value)
+
+    def _delete(self, obj_id: int) -> None:
+        obj = self.store.discard(obj_id)
+        if isinstance(obj, PointerRecord) and obj.owns:
+            self._forward(obj.location, [protocol.DELETE, obj.id_at_location])
+
+    def _setattr(self, ref: Any, attr: str, value: Any) -> None:
+        command = f"setattr {attr}"
+        try:
+            if type(ref) is not Ref or attr not in ("grad", "data", "requires_grad"):
+                raise MalformedMessageError(f"cannot set attribute {attr!r}")
+            target = self._lookup(ref.id)
+            if isinstance(target, PointerRecord):
+                self._forward(target.location, [
+                    protocol.SETATTR, Ref(target.id_at_location, ref.attr), attr,
+                    self._rewrite_for_forward(value, target.location)])
+                return
+            if ref.attr is not None:
+                target = self._resolve_ref(ref)
+            setattr(target, attr, self._resolve(value))
+            self.store.touch(ref.id)
+        except Exception as error:
+            self._fail(None, (), error, command)
+
+    def _send_to(self, obj_id: int, destination: str, destination_id: int,
+                 request: int | None) -> None:
+        try:
+            obj = self._lookup(obj_id)
+        except Exception as error:
+            self._fail(request, (), error, protocol.SEND_TO)
+            return
+        self.store.pop(obj_id)
+        self._forward(destination, [protocol.STORE, destination_id, obj, request])
+
+    def _remote_get(self, obj_id: int, request: int | None) -> None:
+        try:
+            obj = self._lookup(obj_id)
+            if not isinstance(obj, PointerRecord):
+                raise InvalidTensorForRemoteGet(f"the pointer to {self.worker_id}:{obj_id}",
+                                                self.worker_id)
+        except Exception as error:
+            self._fail(request, (), error, protocol.REMOTE_GET)
+            return
+        # the data comes back as a store under the same id, replacing the pointer
+        self._forward(obj.location,
+                      [protocol.SEND_TO, obj.id_at_location, self.worker_id, obj_id, request])
+
+    def _objects(self, request: int | None) -> None:
+        self._reply(request, dict(self.store.objects))
+
+    def _count(self, request: int | None) -> None:
+        self._reply(request, len(self.store.objects))
+
+    def _clear(self, request: int | None) -> None:
+        self.store.clear()
+        self._reply(request, True)
+
+    def _ping(self, request: int | None) -> None:
+        self._reply(request, True)
+
+
+def _describe(obj: Any) -> list[Any] | None:
+    """A result's metadata for a client that could not infer it: [shape, dtype, requires_grad]."""
+    if isinstance(obj, torch.Tensor):
+        return [list(obj.shape), codec.dtype_name(obj.dtype), obj.requires_grad]
+    return None
+
+
+def _validate_envelope(message: Any) -> tuple[int, str, str | None, list[Any]]:
+    if not isinstance(message, dict):
+        raise MalformedMessageError("the message is not a map")
+    if message.get("v") != protocol.PROTOCOL_VERSION:
+        raise MalformedMessageError(f"unsupported protocol version {message.get('v')!r}")
+    batch, sender = message.get("batch"), message.get("sender")
+    reply_to, commands = message.get("reply_to"), message.get("commands")
+    if not isinstance(batch, int) or not isinstance(sender, str):
+        raise MalformedMessageError("the envelope needs an int batch and a str sender")
+    if reply_to is not None and not isinstance(reply_to, str):
+        raise MalformedMessageError("reply_to must be a string or None")
+    if not isinstance(commands, list):
+        raise MalformedMessageError("commands must be a list")
+    return batch, sender, reply_to, commands
