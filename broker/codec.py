@@ -77,7 +77,7 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
     if not data.is_contiguous():
         data = data.contiguous()
     tensors = {"data": data}
-    grad = tensor.grad if tensor.requires_grad else None
+    grad = tensor.grad if tensor.requires_grad and tensor.is_leaf else None
     if grad is not None:
         tensors["grad"] = grad.detach().contiguous()
     metadata = {
@@ -94,7 +94,8 @@ def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
 
 def ref_ext(obj_id: int, attr: str | None = None) -> msgpack.ExtType:
     """A :class:`Ref` already in wire form: clients build it once per pointer, not per op."""
-    return msgpack.ExtType(EXT_REF, _REF_STRUCT.pack(obj_id, _REF_ATTR_CODES[attr]))
+    # tuple.__new__ skips ExtType's validating constructor: this runs once per pointer
+    return tuple.__new__(msgpack.ExtType, (EXT_REF, _REF_STRUCT.pack(obj_id, _REF_ATTR_CODES[attr])))
 
 
 def _safetensors_metadata(buffer: bytes) -> dict[str, str]:
@@ -180,6 +181,8 @@ def _unpack_nested(data: bytes) -> Any:
 
 def _ext_ref(data: bytes) -> Ref:
     obj_id, attr = _REF_STRUCT.unpack(data)
+    if attr not in _REF_ATTR_NAMES:
+        raise MalformedMessageError(f"unknown reference attribute code {attr}")
     return Ref(obj_id, _REF_ATTR_NAMES[attr])
 
 
@@ -220,7 +223,19 @@ _EXT_DECODERS: dict[int, Callable[[bytes], Any]] = {
 }
 
 
+_REF_CACHE: dict[bytes, Ref] = {}
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_REF:  # the hot path: every op names its arguments by Ref
+        ref = _REF_CACHE.get(data)
+        if ref is None:
+            if len(data) != _REF_STRUCT.size:
+                raise MalformedMessageError("a reference is not 9 bytes")
+            if len(_REF_CACHE) > 100_000:
+                _REF_CACHE.clear()
+            ref = _REF_CACHE[data] = _ext_ref(data)
+        return ref
     decoder = _EXT_DECODERS.get(code)
     if decoder is None:
         raise MalformedMessageError(f"unknown extension type {code}")

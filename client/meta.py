@@ -31,6 +31,8 @@ class Inferred:
     container: type | None
     #: True if the op returned something that is not tensors (a bool, a number)
     is_value: bool = False
+    #: that value: computed on meta tensors, so it depends on metadata only (is_complex, dim)
+    value: Any = None
 
 
 class _Unhashable(Exception):
@@ -66,7 +68,13 @@ class ShapeCache:
         """Infer ``func(*args, **kwargs)``; ``meta_of`` gives a pointer's Meta (None if not one)."""
         grad = torch.is_grad_enabled()
         try:
-            key = (func, grad, _key_of(args, meta_of), _key_of(kwargs, meta_of) if kwargs else None)
+            parts: list[Any] = [func, grad]
+            for arg in args:  # flat fast path: most ops take pointers and scalars
+                meta = meta_of(arg)
+                parts.append(meta if meta is not None else _key_of(arg, meta_of))
+            if kwargs:
+                parts.append(_key_of(kwargs, meta_of))
+            key = tuple(parts)
         except _Unhashable:
             return _run_on_meta(func, args, kwargs, meta_of)
         try:
@@ -111,4 +119,4 @@ def _run_on_meta(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
             isinstance(item, torch.Tensor) for item in result):
         outputs = tuple((tuple(item.shape), item.dtype, item.requires_grad) for item in result)
         return Inferred(outputs, type(result))
-    return Inferred((), None, is_value=True)
+    return Inferred((), None, is_value=True, value=result)

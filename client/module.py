@@ -1,25 +1,70 @@
 """``nn.Module.send/get/copy/move``: models travel to the data, in place.
 
-Filled in by the federated-training work; until then the methods exist so the hook
-can attach them, and say clearly that they are not there yet.
+``model.send(bob)`` turns each existing Parameter object *into* a pointer with
+``torch.utils.swap_tensors``, so an optimizer built before the send holds the
+pointers and its steps run on bob (optimizer state, such as momentum or Adam's
+moments, is created by ops on those pointers and so lives on bob too).
+``model.get()`` swaps the data back into the same objects.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from typing import Any
 
+import torch
+from torch import nn
 
-def module_send(self: Any, *locations: Any) -> Any:
-    raise NotImplementedError("nn.Module.send is not implemented yet")
-
-
-def module_get(self: Any) -> Any:
-    raise NotImplementedError("nn.Module.get is not implemented yet")
+from client.pointer import PointerTensor
 
 
-def module_copy(self: Any) -> Any:
-    raise NotImplementedError("nn.Module.copy is not implemented yet")
+def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    """Parameters and buffers (running statistics travel with the model)."""
+    yield from module.parameters()
+    yield from (buffer for buffer in module.buffers() if buffer is not None)
 
 
-def module_move(self: Any, destination: Any) -> Any:
-    raise NotImplementedError("nn.Module.move is not implemented yet")
+def module_send(self: nn.Module, *locations: Any) -> nn.Module:
+    """Send every parameter to the worker, in place; returns the module."""
+    from client.remote import send_pointer, send_tensor
+
+    if len(locations) != 1:
+        raise NotImplementedError("Inplace send to several workers is currently not supported: "
+                                  "send model.copy() to each worker instead.")
+    for tensor in list(_tensors(self)):
+        if type(tensor) is PointerTensor:
+            pointer = send_pointer(tensor, locations)
+        else:
+            pointer = send_tensor(tensor, locations)
+        torch.utils.swap_tensors(tensor, pointer)
+    return self
+
+
+def module_get(self: nn.Module) -> nn.Module:
+    """Bring every parameter back into the same Parameter objects; returns the module."""
+    for tensor in list(_tensors(self)):
+        if type(tensor) is PointerTensor:
+            local = tensor.get()
+            if isinstance(local, nn.Parameter) or type(local) is PointerTensor:
+                torch.utils.swap_tensors(tensor, local)
+            else:  # a buffer
+                torch.utils.swap_tensors(tensor, local)
+    return self
+
+
+def module_copy(self: nn.Module) -> nn.Module:
+    """A deep copy with new parameter objects (the way to send one model to several workers)."""
+    if any(type(tensor) is PointerTensor for tensor in _tensors(self)):
+        raise ValueError("copy() works on a local model: call model.get() first, or copy it "
+                         "before sending it")
+    return copy.deepcopy(self)
+
+
+def module_move(self: nn.Module, destination: Any) -> nn.Module:
+    """Move every remote parameter to ``destination`` worker to worker; returns the module."""
+    for tensor in _tensors(self):
+        if type(tensor) is not PointerTensor:
+            raise ValueError("move() moves a model that is on a worker: send it first")
+        tensor.move(destination)
+    return self

@@ -37,8 +37,8 @@ DEFAULT_OWNER: Any = None
 
 
 def new_id() -> int:
-    """A fresh object id in PySyft's range [0, 1e11)."""
-    return _ids.randrange(100_000_000_000)
+    """A fresh object id in PySyft's range [0, 1e11) (36 random bits: fast, collision-free enough)."""
+    return _ids.getrandbits(36)
 
 
 class Pointer:
@@ -91,12 +91,13 @@ def _local_label(tensor: torch.Tensor) -> str:
 class _Call:
     """One intercepted call, turned into wire form while finding where it must run."""
 
-    __slots__ = ("location", "name", "pointer")
+    __slots__ = ("has_local", "location", "name", "pointer")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.location: BaseWorker | None = None
         self.pointer: Any = None
+        self.has_local = False
 
     def wire(self, value: Any) -> Any:
         kind = type(value)
@@ -114,6 +115,7 @@ class _Call:
         if kind is dict:
             return {key: self.wire(item) for key, item in value.items()}
         if isinstance(value, torch.Tensor):
+            self.has_local = True
             return _LocalTensor(value)
         return value
 
@@ -149,8 +151,8 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     wire_kwargs = {key: call.wire(value) for key, value in kwargs.items()} if kwargs else {}
     location = call.location
     assert location is not None, "__torch_function__ without a pointer argument"
-    _check_no_local(call, wire_args)
-    if wire_kwargs:
+    if call.has_local:
+        _check_no_local(call, wire_args)
         _check_no_local(call, wire_kwargs)
     if name == "Tensor.backward":
         location.backward_epoch += 1
@@ -160,8 +162,8 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     inferred = SHAPES.infer(func, args, kwargs, _pointer_meta)
     if inferred is None:
         return _call_and_describe(location, name, wire_args, wire_kwargs)
-    if inferred.is_value:
-        raise GetRequiredError(f"{name}()", repr(call.pointer.child))
+    if inferred.is_value:  # computed from metadata alone (torch.is_complex, ...): no data needed
+        return inferred.value
     grad = torch.is_grad_enabled()
     if is_inplace(name) or not inferred.outputs:
         location._enqueue([protocol.OP, name, wire_args, wire_kwargs, [], grad, None])

@@ -46,7 +46,7 @@ def send_tensor(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
     obj_id = new_id()
     location._enqueue([protocol.STORE, obj_id, codec.tensor_ext(tensor), None])
     pointer = make_pointer(location, obj_id, local_meta(tensor))
-    if tensor.requires_grad and tensor.grad is None:
+    if tensor.requires_grad and tensor.is_leaf and tensor.grad is None:
         pointer.child.grad_cleared_epoch = location.backward_epoch
     return pointer
 

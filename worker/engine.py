@@ -130,7 +130,7 @@ class Engine:
             return
         name = command[0]
         handler = self._handlers.get(name)
-        if handler is None or len(command) - 1 != protocol.COMMAND_ARITY[name]:
+        if handler is None or len(command) - 1 != protocol.COMMAND_ARITY.get(name):
             request = command[-1] if len(command) > 1 and isinstance(command[-1], int) else None
             error = UnknownCommandError(name, self.worker_id)
             self._fail(request, (), error, name)
@@ -240,14 +240,18 @@ class Engine:
             return
         try:
             try:
-                call_args = self._resolve(args)
+                call_args = [self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg)
+                             for arg in args]
                 call_kwargs = self._resolve(kwargs) if kwargs else {}
             except _Forward as forward:
                 self._forward_op(name, args, kwargs, result_ids, grad_enabled, request,
                                  forward.location)
                 return
-            with torch.set_grad_enabled(bool(grad_enabled)):
+            if bool(grad_enabled) == torch.is_grad_enabled():
                 result = func(*call_args, **call_kwargs)
+            else:
+                with torch.set_grad_enabled(bool(grad_enabled)):
+                    result = func(*call_args, **call_kwargs)
             self._keep_results(name, result, result_ids, args)
         except Exception as error:  # any torch error is reported to the client, not raised here
             self._fail(request, result_ids, error, command)
