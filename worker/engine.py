@@ -95,6 +95,8 @@ class Engine:
             protocol.COUNT: self._count,
             protocol.CLEAR: self._clear,
             protocol.PING: self._ping,
+            protocol.PLAN: self._plan,
+            protocol.RUN_PLAN: self._run_plan,
         }
         # per-message state
         self._replies: list[list[Any]] = []
@@ -351,8 +353,48 @@ class Engine:
         self._forward(obj.location,
                       [protocol.SEND_TO, obj.id_at_location, self.worker_id, obj_id, request])
 
+    def _plan(self, plan_id: int, data: Any, request: int | None) -> None:
+        """Keep a plan: its ops are checked against the allowlist now, before it can run."""
+        from worker.plans import decode_plan
+
+        try:
+            plan = decode_plan(data, self.allowlist, self.worker_id)
+        except Exception as error:
+            self._fail(request, (), error, protocol.PLAN)
+            self._rejected = f"plan refused: {error}"
+            return
+        self.store.put(plan_id, plan)
+        self._reply(request, True)
+
+    def _run_plan(self, plan_id: int, args: list[Any], result_ids: list[int], grad_enabled: bool,
+                  request: int | None) -> None:
+        """Run a stored plan on stored inputs: one command however many ops the plan has."""
+        from worker.plans import StoredPlan, run_plan
+
+        command = f"run_plan {plan_id}"
+        try:
+            plan = self._lookup(plan_id)
+            if not isinstance(plan, StoredPlan):
+                raise TypeError(f"object {plan_id} on {self.worker_id} is not a plan")
+            inputs = self._resolve(args)
+            with torch.set_grad_enabled(bool(grad_enabled)):
+                outputs = run_plan(plan, inputs)
+            self._keep_results("run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0],
+                               result_ids, args)
+        except _Forward:
+            self._fail(request, result_ids, RuntimeError(
+                "a plan runs where its inputs are: send the plan to the worker that holds the "
+                "data (pointers to pointers cannot be plan inputs)"), command)
+            return
+        except Exception as error:
+            self._fail(request, result_ids, error, command)
+            return
+        if request is not None:
+            self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])
+
     def _objects(self, request: int | None) -> None:
-        self._reply(request, dict(self.store.objects))
+        self._reply(request, {key: obj if isinstance(obj, torch.Tensor | PointerRecord)
+                              else repr(obj) for key, obj in self.store.objects.items()})
 
     def _count(self, request: int | None) -> None:
         self._reply(request, len(self.store.objects))
