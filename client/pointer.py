@@ -45,11 +45,12 @@ class Pointer:
     """Where a pointer's object lives and whether the pointer owns it (``wrapper.child``)."""
 
     __slots__ = ("garbage_collect_data", "grad_cleared_epoch", "id", "id_at_location",
-                 "location", "meta", "owner", "point_to_attr", "ref")
+                 "location", "meta", "owner", "point_to_attr", "ref", "route")
 
     def __init__(self, location: BaseWorker, id_at_location: int, meta: Meta,
                  obj_id: int | None = None, garbage_collect_data: bool = True,
-                 point_to_attr: str | None = None, owner: Any = None) -> None:
+                 point_to_attr: str | None = None, owner: Any = None,
+                 route: tuple[str, ...] | None = None) -> None:
         self.id = new_id() if obj_id is None else obj_id
         self.location = location
         self.id_at_location = id_at_location
@@ -60,11 +61,14 @@ class Pointer:
         self.ref = codec.ref_ext(id_at_location, point_to_attr)
         #: the location's backward epoch when the remote .grad was last known to be None
         self.grad_cleared_epoch = -1
+        #: for a pointer to a pointer: the worker ids the chain passes, first hop first (commands
+        #: on it are forwarded along them); None for a pointer straight to data
+        self.route = route
 
     def __del__(self) -> None:
         if self.garbage_collect_data and self.point_to_attr is None:
             try:
-                self.location._finalize_delete(self.id_at_location)
+                self.location._finalize_delete(self.id_at_location, self.route)
             except Exception:  # at interpreter exit the session may already be gone
                 pass
 
@@ -91,13 +95,14 @@ def _local_label(tensor: torch.Tensor) -> str:
 class _Call:
     """One intercepted call, turned into wire form while finding where it must run."""
 
-    __slots__ = ("has_local", "location", "name", "pointer")
+    __slots__ = ("has_local", "location", "name", "pointer", "route")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.location: BaseWorker | None = None
         self.pointer: Any = None
         self.has_local = False
+        self.route: tuple[str, ...] | None = None
 
     def wire(self, value: Any) -> Any:
         kind = type(value)
@@ -109,6 +114,8 @@ class _Call:
                 raise TensorsNotCollocatedException(
                     self.name, repr(self.pointer.child), self.location.id, repr(pointer),
                     pointer.location.id)
+            if pointer.route is not None:
+                self.route = pointer.route
             return pointer.ref
         if kind is list or kind is tuple:
             return kind(self.wire(item) for item in value)
@@ -154,6 +161,9 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     if call.has_local:
         _check_no_local(call, wire_args)
         _check_no_local(call, wire_kwargs)
+    route = call.route
+    if route is not None:  # the worker will forward this along the chain
+        location.session.note_route(route)
     if name == "Tensor.backward":
         location.backward_epoch += 1
         location._enqueue([protocol.OP, name, wire_args, wire_kwargs, [],
@@ -174,7 +184,7 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         return None
     result_ids = [new_id() for _ in inferred.outputs]
     location._enqueue([protocol.OP, name, wire_args, wire_kwargs, result_ids, grad, None])
-    pointers = [make_pointer(location, result_id, meta)
+    pointers = [make_pointer(location, result_id, meta, route=route)
                 for result_id, meta in zip(result_ids, inferred.outputs, strict=True)]
     if inferred.container is None:
         return pointers[0]
@@ -185,7 +195,7 @@ def _call_and_describe(location: BaseWorker, name: str, wire_args: list[Any],
                        wire_kwargs: dict[str, Any]) -> Any:
     """Run an op whose result the client cannot infer, and ask the worker what it made."""
     result_id = new_id()
-    described = location._request(
+    described = location._request(  # a chain forwards this; the reply comes from the last hop
         [protocol.OP, name, wire_args, wire_kwargs, [result_id], torch.is_grad_enabled(), None],
         f"op {name}")
     shape, dtype, requires_grad = described[0]
@@ -395,7 +405,7 @@ def _attribute_pointer(target: Any, attr: str) -> Any:
             return None
     return PointerTensor._wrap(Pointer(
         pointer.location, pointer.id_at_location, (shape, dtype, False), obj_id=pointer.id,
-        garbage_collect_data=False, point_to_attr=attr, owner=pointer.owner))
+        garbage_collect_data=False, point_to_attr=attr, owner=pointer.owner, route=pointer.route))
 
 
 def _set_attribute(target: Any, attr: str, value: Any) -> None:
@@ -411,6 +421,8 @@ def _set_attribute(target: Any, attr: str, value: Any) -> None:
                                             pointer.location.id, _local_label(value), "me")
     else:
         wire_value = value
+    if pointer.route is not None:
+        pointer.location.session.note_route(pointer.route)
     pointer.location._enqueue([protocol.SETATTR, pointer.ref, attr, wire_value])
     if attr == "grad":
         pointer.grad_cleared_epoch = pointer.location.backward_epoch if value is None else -1

@@ -66,7 +66,8 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
                            requires_grad)
     location._enqueue([protocol.STORE, pointer.id, record, None])
     pointer.garbage_collect_data = False
-    return make_pointer(location, pointer.id, pointer.meta)
+    route = (location.id, *(pointer.route or (pointer.location.id,)))
+    return make_pointer(location, pointer.id, pointer.meta, route=route)
 
 
 def get_pointer(wrapper: PointerTensor) -> Any:
@@ -80,8 +81,9 @@ def get_pointer(wrapper: PointerTensor) -> Any:
         # a pointer-to-pointer: what comes back is a pointer to the next hop, and it owns
         # the data (PySyft returned it with garbage collection off, which leaked)
         location = pointer.location.session.worker(payload.location)
+        route = pointer.route[1:] if pointer.route is not None and len(pointer.route) > 2 else None
         return make_pointer(location, payload.id_at_location, pointer.meta,
-                            obj_id=pointer.id_at_location)
+                            obj_id=pointer.id_at_location, route=route)
     return payload
 
 
@@ -98,6 +100,8 @@ def move_pointer(wrapper: PointerTensor, destination: Any) -> Any:
         [protocol.SEND_TO, pointer.id_at_location, destination.id, pointer.id_at_location, None],
         f"move to {destination.id}")
     pointer.location = destination
+    if pointer.route is not None:
+        pointer.route = (destination.id, *pointer.route[1:])
     return wrapper
 
 
@@ -105,6 +109,7 @@ def remote_get_pointer(wrapper: PointerTensor) -> Any:
     """``ptr.remote_get()`` on me -> alice -> bob: the data moves from bob to alice."""
     pointer = wrapper.child
     pointer.location._request([protocol.REMOTE_GET, pointer.id_at_location, None], "remote_get")
+    pointer.route = None  # the data is now where the pointer points
     return wrapper
 
 

@@ -42,6 +42,8 @@ class Session:
         self._batches = itertools.count(random.getrandbits(40))
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._errors: list[Exception] = []
+        #: chains that forwarded commands since the last synchronising call (worker id paths)
+        self._routes: set[tuple[str, ...]] = set()
         #: worker id -> client-side handle, so pointers that arrive by id find their worker
         self.workers: dict[str, Any] = {}
         self.worker_factory: Callable[[str], Any] | None = None
@@ -57,12 +59,19 @@ class Session:
         if self._queued >= self.batch_size:
             self.flush()
 
-    def enqueue_from_finalizer(self, worker_id: str, command: list[Any]) -> None:
+    def enqueue_from_finalizer(self, worker_id: str, command: list[Any],
+                               route: tuple[str, ...] | None = None) -> None:
         """Queue a command from a finalizer: append only, never flush (no I/O in __del__)."""
         queue = self._queues.get(worker_id)
         if queue is None:
             queue = self._queues.setdefault(worker_id, deque())
         queue.append(command)
+        if route is not None:
+            self._routes.add(route)
+
+    def note_route(self, route: tuple[str, ...]) -> None:
+        """A queued command will be forwarded along ``route``: the next sync call waits for it."""
+        self._routes.add(route)
 
     def flush(self) -> None:
         """Send every queued command, one message per worker."""
@@ -88,11 +97,32 @@ class Session:
 
         Errors of earlier pipelined commands are raised first, with their original type.
         """
+        if self._routes:
+            self._barrier()
         request_id = next(self._requests)
         command[-1] = request_id
         self.enqueue(worker_id, command)
         self.flush()
         return self.wait(request_id, worker_id, label)
+
+    def _barrier(self) -> None:
+        """Wait until work forwarded along pointer chains has landed at every hop.
+
+        A worker forwards on the same channel it replies on, so once hop *k* answers a
+        ping, everything it forwarded is queued at hop *k+1* ahead of our next message.
+        Pinging the hops in order therefore orders this call after all forwarded work.
+        """
+        routes, self._routes = self._routes, set()
+        for position in range(max(len(route) for route in routes)):
+            hops = {route[position] for route in routes if len(route) > position}
+            pending = []
+            for worker_id in hops:
+                request_id = next(self._requests)
+                self.enqueue(worker_id, [protocol.PING, request_id])
+                pending.append((request_id, worker_id))
+            self.flush()
+            for request_id, worker_id in pending:
+                self.wait(request_id, worker_id, "ping (waiting for a pointer chain)")
 
     def wait(self, request_id: int, worker_id: str, label: str) -> Any:
         """Wait for the reply to ``request_id``; WorkerUnavailableError after the timeout."""

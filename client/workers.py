@@ -79,8 +79,8 @@ class BaseWorker:
     def _enqueue(self, command: list[Any]) -> None:
         self.session.enqueue(self.id, command)
 
-    def _finalize_delete(self, obj_id: int) -> None:
-        self.session.enqueue_from_finalizer(self.id, [protocol.DELETE, obj_id])
+    def _finalize_delete(self, obj_id: int, route: tuple[str, ...] | None = None) -> None:
+        self.session.enqueue_from_finalizer(self.id, [protocol.DELETE, obj_id], route)
 
     def _request(self, command: list[Any], label: str) -> Any:
         return self.session.request(self.id, command, label)
