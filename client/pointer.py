@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from client.workers import BaseWorker
 
 _ids = random.Random()
+_NO_KWARGS: dict[str, Any] = {}
 SHAPES = ShapeCache()
 #: the owner of new pointers: the hook's local worker ("me"), set by TorchHook
 DEFAULT_OWNER: Any = None
@@ -117,8 +118,12 @@ class _Call:
             if pointer.route is not None:
                 self.route = pointer.route
             return pointer.ref
-        if kind is list or kind is tuple:
-            return kind(self.wire(item) for item in value)
+        if kind is tuple:
+            items = [self.wire(item) for item in value]
+            # a user tuple (x[0, 1]) must arrive as a tuple: mark it (see codec.encode_marked)
+            return tuple(items) if self.has_local else codec.tuple_ext(items)
+        if kind is list:
+            return [self.wire(item) for item in value]
         if kind is dict:
             return {key: self.wire(item) for key, item in value.items()}
         if isinstance(value, torch.Tensor):
@@ -154,8 +159,8 @@ def _check_no_local(call: _Call, value: Any) -> None:
 def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     name = wire_name(func)
     call = _Call(name)
-    wire_args = [call.wire(arg) for arg in args]
-    wire_kwargs = {key: call.wire(value) for key, value in kwargs.items()} if kwargs else {}
+    wire_args = tuple([call.wire(arg) for arg in args])
+    wire_kwargs = {key: call.wire(value) for key, value in kwargs.items()} if kwargs else _NO_KWARGS
     location = call.location
     assert location is not None, "__torch_function__ without a pointer argument"
     if call.has_local:
@@ -166,8 +171,8 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         location.session.note_route(route)
     if name == "Tensor.backward":
         location.backward_epoch += 1
-        location._enqueue([protocol.OP, name, wire_args, wire_kwargs, [],
-                           torch.is_grad_enabled(), None])
+        location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (),
+                           torch.is_grad_enabled(), None))
         return None
     inferred = SHAPES.infer(func, args, kwargs, _pointer_meta)
     if inferred is None:
@@ -176,14 +181,14 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         return inferred.value
     grad = torch.is_grad_enabled()
     if is_inplace(name) or not inferred.outputs:
-        location._enqueue([protocol.OP, name, wire_args, wire_kwargs, [], grad, None])
+        location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (), grad, None))
         target = args[0] if args else None
         if type(target) is PointerTensor and inferred.outputs:
             target._set_meta(inferred.outputs[0])
             return target
         return None
-    result_ids = [new_id() for _ in inferred.outputs]
-    location._enqueue([protocol.OP, name, wire_args, wire_kwargs, result_ids, grad, None])
+    result_ids = tuple([new_id() for _ in inferred.outputs])
+    location._enqueue((protocol.OP, name, wire_args, wire_kwargs, result_ids, grad, None))
     pointers = [make_pointer(location, result_id, meta, route=route)
                 for result_id, meta in zip(result_ids, inferred.outputs, strict=True)]
     if inferred.container is None:
@@ -191,12 +196,12 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     return inferred.container(pointers)
 
 
-def _call_and_describe(location: BaseWorker, name: str, wire_args: list[Any],
+def _call_and_describe(location: BaseWorker, name: str, wire_args: tuple[Any, ...],
                        wire_kwargs: dict[str, Any]) -> Any:
     """Run an op whose result the client cannot infer, and ask the worker what it made."""
     result_id = new_id()
     described = location._request(  # a chain forwards this; the reply comes from the last hop
-        [protocol.OP, name, wire_args, wire_kwargs, [result_id], torch.is_grad_enabled(), None],
+        [protocol.OP, name, wire_args, wire_kwargs, (result_id,), torch.is_grad_enabled(), None],
         f"op {name}")
     shape, dtype, requires_grad = described[0]
     return make_pointer(location, result_id,

@@ -36,7 +36,7 @@ class Session:
         self.timeout = timeout
         self.batch_size = batch_size
         self.client_id = client_id or f"client-{os.getpid()}-{random.getrandbits(32):08x}"
-        self._queues: dict[str, deque[list[Any]]] = {}
+        self._queues: dict[str, deque[list[Any] | tuple[Any, ...]]] = {}
         self._queued = 0
         self._requests = itertools.count(1)
         self._batches = itertools.count(random.getrandbits(40))
@@ -49,7 +49,7 @@ class Session:
         self.worker_factory: Callable[[str], Any] | None = None
 
     # ------------------------------------------------------------------ queueing
-    def enqueue(self, worker_id: str, command: list[Any]) -> None:
+    def enqueue(self, worker_id: str, command: list[Any] | tuple[Any, ...]) -> None:
         """Queue a pipelined command; flush when the batch is full."""
         queue = self._queues.get(worker_id)
         if queue is None:
@@ -59,7 +59,7 @@ class Session:
         if self._queued >= self.batch_size:
             self.flush()
 
-    def enqueue_from_finalizer(self, worker_id: str, command: list[Any],
+    def enqueue_from_finalizer(self, worker_id: str, command: list[Any] | tuple[Any, ...],
                                route: tuple[str, ...] | None = None) -> None:
         """Queue a command from a finalizer: append only, never flush (no I/O in __del__)."""
         queue = self._queues.get(worker_id)
@@ -84,7 +84,7 @@ class Session:
             popleft = queue.popleft
             while queue:
                 commands.append(popleft())
-            body = codec.encode(protocol.envelope(next(self._batches), self.client_id,
+            body = codec.encode_marked(protocol.envelope(next(self._batches), self.client_id,
                                                   self.transport.reply_address, commands))
             # drop the emptied queue so flush order follows the next first command
             if not queue:

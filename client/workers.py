@@ -76,11 +76,11 @@ class BaseWorker:
         """Make sure the worker exists (in-process: create its engine)."""
 
     # -- the session, for pointers ---------------------------------------------------------
-    def _enqueue(self, command: list[Any]) -> None:
+    def _enqueue(self, command: list[Any] | tuple[Any, ...]) -> None:
         self.session.enqueue(self.id, command)
 
     def _finalize_delete(self, obj_id: int, route: tuple[str, ...] | None = None) -> None:
-        self.session.enqueue_from_finalizer(self.id, [protocol.DELETE, obj_id], route)
+        self.session.enqueue_from_finalizer(self.id, (protocol.DELETE, obj_id), route)
 
     def _request(self, command: list[Any], label: str) -> Any:
         return self.session.request(self.id, command, label)

@@ -1,0 +1,173 @@
+"""TensorFleet on AMQP: Celery task messages, chunking of big bodies, and their reassembly.
+
+Both sides use this module: the client's pika transport (:mod:`client.fleet`)
+publishes batches as Celery protocol-v2 task messages built by
+:func:`task_message`; a worker (:mod:`worker.celery_app`) forwards work to
+other workers with the same function and answers clients with plain messages.
+
+RabbitMQ refuses messages above 128 MiB, so a body larger than
+``TENSORFLEET_MAX_MESSAGE_BYTES`` travels as several messages, each carrying a
+:class:`Chunk` (in the task's kwargs for task messages, in the
+:data:`CHUNK_HEADER` header for replies). The receiver puts the parts back
+together with a :class:`Reassembler` (client) or through Redis (worker), so the
+engine only ever sees whole envelopes. Splitting slices a ``memoryview``: the
+sender never holds a second copy of the body, only one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgpack
+
+from broker.codec import CONTENT_ENCODING, CONTENT_TYPE
+from broker.errors import MalformedMessageError, MessageTooLargeError
+
+#: The one Celery task every TensorFleet worker runs.
+TASK_NAME = "tensorfleet.execute"
+#: Header of a reply message that is one part of a bigger reply.
+CHUNK_HEADER = "x-tensorfleet-chunk"
+#: Task messages are persistent (they survive a broker restart); replies are not.
+PERSISTENT = 2
+TRANSIENT = 1
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Part ``index`` of ``count`` of transfer ``transfer``: ``total`` bytes, this part at ``offset``."""
+
+    transfer: str
+    index: int
+    count: int
+    total: int
+    offset: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.transfer, self.index, self.count, self.total, self.offset]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Chunk:
+        """Validate a chunk description that arrived on the wire."""
+        if not (isinstance(value, list | tuple) and len(value) == 5
+                and isinstance(value[0], str) and all(isinstance(v, int) for v in value[1:])):
+            raise MalformedMessageError("a chunk description is not [transfer, index, count, "
+                                        "total, offset]")
+        transfer, index, count, total, offset = value
+        if not (0 <= index < count and 0 <= offset <= total) or len(transfer) > 64:
+            raise MalformedMessageError(f"chunk {index}/{count} at {offset} of {total} is invalid")
+        return cls(transfer, index, count, total, offset)
+
+
+def split(body: Buffer, limit: int) -> Iterator[tuple[Chunk | None, memoryview]]:
+    """The parts to send ``body`` as: one unchunked part if it fits ``limit``, else chunks.
+
+    Parts are views of ``body``: no copy is made here.
+    """
+    view = memoryview(body).cast("B")
+    total = len(view)
+    if total <= limit:
+        yield None, view
+        return
+    transfer = uuid.uuid4().hex
+    count = -(-total // limit)
+    for index in range(count):
+        offset = index * limit
+        yield Chunk(transfer, index, count, total, offset), view[offset : offset + limit]
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def task_message(body: Buffer, task_id: str, origin: str,
+                 chunk: Chunk | None = None) -> tuple[dict[str, Any], bytes]:
+    """Headers and msgpack payload of a Celery protocol-v2 ``tensorfleet.execute`` message.
+
+    ``ignore_result`` is set: TensorFleet senders read replies from their own
+    reply queue, so the worker publishes them itself and no result backend is
+    involved. (A plain Celery caller leaves it unset and gets the reply as the
+    task's result.)
+    """
+    headers = {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": f"(<{len(body)} bytes>,)",
+        "kwargsrepr": "{}" if chunk is None else f"{{'chunk': {chunk.to_wire()!r}}}",
+        "origin": origin,
+        "ignore_result": True,
+    }
+    kwargs = {} if chunk is None else {"chunk": chunk.to_wire()}
+    payload = msgpack.packb([[body], kwargs, _EMBED], use_bin_type=True)
+    return headers, payload
+
+
+def message_properties() -> dict[str, str]:
+    """Content type and encoding every TensorFleet message carries."""
+    return {"content_type": CONTENT_TYPE, "content_encoding": CONTENT_ENCODING}
+
+
+class Reassembler:
+    """Puts chunked bodies back together, at most ``max_bytes`` each, into one buffer.
+
+    Each transfer gets one preallocated ``bytearray`` that parts are copied into
+    as they arrive, so a reassembled body costs its size once, not twice.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._partial: dict[str, tuple[bytearray, set[int]]] = {}
+
+    def add(self, chunk: Chunk, part: Buffer) -> bytearray | None:
+        """Take one part; the whole body once its last part arrived, else None."""
+        if chunk.total > self.max_bytes:
+            raise MessageTooLargeError(chunk.total, self.max_bytes, "chunked message")
+        if chunk.offset + len(part) > chunk.total:
+            raise MalformedMessageError(f"chunk {chunk.index} runs past the end of its message")
+        entry = self._partial.get(chunk.transfer)
+        if entry is None:
+            entry = self._partial[chunk.transfer] = (bytearray(chunk.total), set())
+        buffer, seen = entry
+        buffer[chunk.offset : chunk.offset + len(part)] = part
+        seen.add(chunk.index)
+        if len(seen) < chunk.count:
+            return None
+        del self._partial[chunk.transfer]
+        return buffer
+
+    def pending(self) -> int:
+        """How many transfers are incomplete."""
+        return len(self._partial)
+
+
+def pika_url(url: str) -> str:
+    """A Celery broker URL in the form pika accepts (``pyamqp://`` becomes ``amqp://``)."""
+    parts = urlsplit(url)
+    scheme = "amqp" if parts.scheme == "pyamqp" else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

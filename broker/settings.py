@@ -1,0 +1,150 @@
+"""Settings from ``TENSORFLEET_*`` environment variables, parsed once.
+
+Every process of a fleet (clients, workers, the CLI) reads the same variables,
+so a deployment is configured in one place. A bad value fails at start-up with
+:class:`~broker.errors.ConfigurationError` naming the variable, instead of a
+confusing failure deep inside pika or Celery later.
+
+=================================  ==========================================  ===========================
+variable                           default                                     meaning
+=================================  ==========================================  ===========================
+``TENSORFLEET_BROKER_URL``         ``amqp://guest:guest@localhost:5672//``     RabbitMQ (Celery URL form)
+``TENSORFLEET_REDIS_URL``          ``redis://localhost:6379/0``                where workers keep objects
+``TENSORFLEET_TIMEOUT``            ``30``                                      seconds a synchronising
+                                                                               call waits for a worker
+``TENSORFLEET_NAMESPACE``          ``tensorfleet``                             prefix of queue names and
+                                                                               Redis keys (isolation)
+``TENSORFLEET_MAX_MESSAGE_BYTES``  ``67108864`` (64 MiB)                       largest AMQP message; bigger
+                                                                               bodies travel in chunks
+``TENSORFLEET_MAX_OBJECT_BYTES``   ``8589934592`` (8 GiB)                      largest reassembled message
+``TENSORFLEET_BATCH_SIZE``         ``1000``                                    commands per client batch
+``TENSORFLEET_PREFETCH``           ``16``                                      messages a worker prefetches
+``TENSORFLEET_BATCH_TTL``          ``3600``                                    seconds a worker remembers
+                                                                               a batch (redelivery replay)
+``TENSORFLEET_CONNECT_RETRIES``    ``5``                                       broker reconnect attempts
+                                                                               before giving up
+``TENSORFLEET_WORKER_ID``          (none)                                      a worker's id, when not
+                                                                               given on the command line
+=================================  ==========================================  ===========================
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from broker.errors import ConfigurationError
+
+#: RabbitMQ refuses messages above 128 MiB (its 3.10 default ``max_message_size``).
+RABBITMQ_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+#: Room left under RabbitMQ's limit for the task envelope and properties around a chunk.
+_ENVELOPE_HEADROOM = 1024 * 1024
+
+_NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about a TensorFleet process; see the module docstring."""
+
+    broker_url: str = "amqp://guest:guest@localhost:5672//"
+    redis_url: str = "redis://localhost:6379/0"
+    timeout: float = 30.0
+    namespace: str = "tensorfleet"
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_object_bytes: int = 8 * 1024 * 1024 * 1024
+    batch_size: int = 1000
+    prefetch: int = 16
+    batch_ttl: int = 3600
+    connect_retries: int = 5
+    worker_id: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse ``env`` (default: ``os.environ``); unset or empty variables take the default."""
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def raw(name: str) -> str | None:
+            value = env.get(f"TENSORFLEET_{name}")
+            return value.strip() if value is not None and value.strip() else None
+
+        return cls(
+            broker_url=_url(raw("BROKER_URL"), "BROKER_URL", ("amqp", "amqps", "pyamqp"),
+                            defaults.broker_url),
+            redis_url=_url(raw("REDIS_URL"), "REDIS_URL", ("redis", "rediss", "unix"),
+                           defaults.redis_url),
+            timeout=_number(raw("TIMEOUT"), "TIMEOUT", defaults.timeout),
+            namespace=_name(raw("NAMESPACE"), "NAMESPACE", _NAMESPACE_PATTERN, defaults.namespace),
+            max_message_bytes=_integer(raw("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES",
+                                       defaults.max_message_bytes, minimum=64 * 1024,
+                                       maximum=RABBITMQ_MAX_MESSAGE_BYTES - _ENVELOPE_HEADROOM),
+            max_object_bytes=_integer(raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES",
+                                      defaults.max_object_bytes, minimum=1024),
+            batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
+            prefetch=_integer(raw("PREFETCH"), "PREFETCH", defaults.prefetch, minimum=1,
+                              maximum=65535),
+            batch_ttl=_integer(raw("BATCH_TTL"), "BATCH_TTL", defaults.batch_ttl, minimum=1),
+            connect_retries=_integer(raw("CONNECT_RETRIES"), "CONNECT_RETRIES",
+                                     defaults.connect_retries, minimum=0),
+            worker_id=(None if raw("WORKER_ID") is None
+                       else _name(raw("WORKER_ID"), "WORKER_ID", _WORKER_ID_PATTERN, "")),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use.
+
+    Tests that change the environment call ``get_settings.cache_clear()``.
+    """
+    return Settings.from_env()
+
+
+def _url(value: str | None, name: str, schemes: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if urlsplit(value).scheme not in schemes:
+        raise ConfigurationError(f"TENSORFLEET_{name}", value,
+                                 f"a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return value
+
+
+def _number(value: str | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise ConfigurationError(f"TENSORFLEET_{name}", value, "a positive number of seconds")
+    return number
+
+
+def _integer(value: str | None, name: str, default: int, minimum: int,
+             maximum: int | None = None) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        number = minimum - 1
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ConfigurationError(f"TENSORFLEET_{name}", value, bounds)
+    return number
+
+
+def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) -> str:
+    if value is None:
+        return default
+    if not pattern.fullmatch(value):
+        raise ConfigurationError(f"TENSORFLEET_{name}", value,
+                                 "letters, digits, '_', '.' and '-' only (no spaces or ':')")
+    return value

@@ -1,0 +1,100 @@
+"""Queue topology: every RabbitMQ name and queue argument, as pure functions.
+
+Clients, workers, the CLI and the tests all derive names here, so the two sides
+of the wire cannot drift apart. Nothing in this module talks to a server.
+
+=====================================  ===============================================
+name                                   what it is
+=====================================  ===============================================
+``<ns>.worker.<id>``                   durable queue of worker ``<id>``: task messages
+                                       (batches) from clients and other workers
+``<ns>.reply.<client>``                a client's reply queue; it outlives a dropped
+                                       connection and expires when unused
+``<ns>.dlx``                           durable fanout exchange for rejected messages
+``<ns>.dead-letter``                   durable queue bound to it; each message carries
+                                       :data:`REASON_HEADER` and :data:`ORIGIN_HEADER`
+=====================================  ===============================================
+
+Worker queues take no ``x-`` arguments on purpose: a plain Celery caller's
+``send_task(..., queue="tensorfleet.worker.bob")`` declares the queue with none,
+and RabbitMQ refuses a re-declaration whose arguments differ (PRECONDITION_FAILED).
+Dead-lettering is therefore done by the worker itself, which also lets it attach
+the reason; see :mod:`worker.celery_app`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+DEFAULT_NAMESPACE = "tensorfleet"
+
+#: Header set on every dead-lettered message: why the worker refused it.
+REASON_HEADER = "x-tensorfleet-reason"
+#: Header set on every dead-lettered message: the queue it was taken from.
+ORIGIN_HEADER = "x-tensorfleet-origin"
+
+#: A reply queue nobody consumes from for this long is deleted by RabbitMQ (ms).
+REPLY_QUEUE_EXPIRES_MS = 10 * 60 * 1000
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{kind} {value!r} cannot be part of a queue name: use letters, digits, '_', '.' "
+            "and '-' only (for example 'bob' or 'secure_worker')."
+        )
+    return value
+
+
+def worker_queue(worker_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The durable queue worker ``worker_id`` consumes: ``tensorfleet.worker.bob``."""
+    return f"{_check('namespace', namespace)}.worker.{_check('worker id', worker_id)}"
+
+
+def worker_id_from_queue(queue: str, namespace: str = DEFAULT_NAMESPACE) -> str | None:
+    """The worker id a queue name belongs to, or None if it is not a worker queue."""
+    prefix = f"{namespace}.worker."
+    if not queue.startswith(prefix):
+        return None
+    worker_id = queue[len(prefix) :]
+    return worker_id if _ID_PATTERN.fullmatch(worker_id) else None
+
+
+def namespace_from_queue(queue: str) -> str | None:
+    """The namespace of a worker queue name (``a.b.worker.bob`` -> ``a.b``), or None."""
+    head, sep, worker_id = queue.rpartition(".worker.")
+    return head if sep and head and _ID_PATTERN.fullmatch(worker_id) else None
+
+
+def reply_queue(client_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The queue a client reads its replies from: ``tensorfleet.reply.<client_id>``."""
+    return f"{_check('namespace', namespace)}.reply.{_check('client id', client_id)}"
+
+
+def dead_letter_exchange(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The fanout exchange refused messages are published to."""
+    return f"{_check('namespace', namespace)}.dlx"
+
+
+def dead_letter_queue(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The durable queue that keeps refused messages for inspection."""
+    return f"{_check('namespace', namespace)}.dead-letter"
+
+
+def worker_queue_arguments() -> dict[str, Any]:
+    """Declaration arguments of a worker queue: none, so plain Celery callers can declare it."""
+    return {}
+
+
+def reply_queue_arguments() -> dict[str, Any]:
+    """Declaration arguments of a reply queue: it expires once its client is gone."""
+    return {"x-expires": REPLY_QUEUE_EXPIRES_MS}
+
+
+def namespace_queues(worker_ids: list[str] | tuple[str, ...],
+                     namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+    """Every durable queue a fleet of ``worker_ids`` uses (for purging in tests and tools)."""
+    return [worker_queue(w, namespace) for w in worker_ids] + [dead_letter_queue(namespace)]
