@@ -225,6 +225,23 @@ def test_del_of_a_chain_empties_every_hop(bob, alice):
     assert alice._objects == {}
 
 
+def test_del_of_a_chain_right_after_making_it(bob, alice):
+    # no synchronising call between building the chain and dropping it
+    x = torch.tensor([1, 2, 3, 4, 5]).send(bob).send(alice)
+    del x
+    assert bob._objects == {}
+    assert alice._objects == {}
+
+
+def test_del_of_a_chain_while_the_last_hop_has_other_work(bob, alice):
+    x = torch.tensor([1, 2, 3]).send(bob).send(alice)
+    y = torch.tensor([4, 5, 6]).send(bob)
+    del x
+    store = bob._objects
+    assert list(store) == [y.id_at_location]
+    assert alice._objects == {}
+
+
 def test_dropping_the_old_pointer_of_a_chain_deletes_nothing(bob, alice):
     x_ptr = torch.tensor([1, 2, 3]).send(bob)
     data_id = x_ptr.id_at_location

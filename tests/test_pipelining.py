@@ -197,14 +197,16 @@ def test_failure_of_a_pipelined_op_on_a_pointer_to_pointer(bob, alice):
     x = torch.tensor([1, 2]).send(bob).send(alice)
     zero = torch.tensor([0, 0]).send(bob).send(alice)
     expected = local_error(lambda: torch.tensor([1, 2]) // torch.tensor([0, 0]))
+    data = {alice._objects[p.id_at_location].id_at_location for p in (x, zero)}
 
-    z = x // zero
+    z = x // zero  # alice forwards to bob, where it fails
 
     with pytest.raises(type(expected)) as error:
         z.get().get()
     assert str(error.value) == str(expected)
-    assert set(bob._objects) == {
-        alice._objects[x.id_at_location].id_at_location,
-        alice._objects[zero.id_at_location].id_at_location,
-    }
+    # the failed result is failed at every hop: no hop keeps a pointer to nothing
     assert set(alice._objects) == {x.id_at_location, zero.id_at_location}
+    assert set(bob._objects) == data
+    with pytest.raises(type(expected)) as again:
+        z.get().get()
+    assert str(again.value) == str(expected)
