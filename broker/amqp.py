@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgpack
 
@@ -42,7 +42,7 @@ Buffer = bytes | bytearray | memoryview
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """Part ``index`` of ``count`` of transfer ``transfer``: ``total`` bytes, this part at ``offset``."""
+    """Part ``index`` of ``count`` of a ``total``-byte transfer; this part starts at ``offset``."""
 
     transfer: str
     index: int
@@ -158,10 +158,17 @@ class Reassembler:
 
 
 def pika_url(url: str) -> str:
-    """A Celery broker URL in the form pika accepts (``pyamqp://`` becomes ``amqp://``)."""
+    """A Celery (kombu) broker URL in the form pika reads the same way.
+
+    kombu reads the path after the first ``/`` as the vhost, and an empty one as
+    ``/`` (``amqp://host//`` and ``amqp://host`` both mean vhost ``/``); pika wants
+    the vhost percent-encoded, and knows no ``pyamqp://``.
+    """
     parts = urlsplit(url)
     scheme = "amqp" if parts.scheme == "pyamqp" else parts.scheme
-    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+    vhost = unquote(parts.path[1:]) if parts.path else ""
+    path = "/" + quote(vhost or "/", safe="")
+    return urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 def safe_url(url: str) -> str:

@@ -5,27 +5,22 @@ so a deployment is configured in one place. A bad value fails at start-up with
 :class:`~broker.errors.ConfigurationError` naming the variable, instead of a
 confusing failure deep inside pika or Celery later.
 
-=================================  ==========================================  ===========================
-variable                           default                                     meaning
-=================================  ==========================================  ===========================
-``TENSORFLEET_BROKER_URL``         ``amqp://guest:guest@localhost:5672//``     RabbitMQ (Celery URL form)
-``TENSORFLEET_REDIS_URL``          ``redis://localhost:6379/0``                where workers keep objects
-``TENSORFLEET_TIMEOUT``            ``30``                                      seconds a synchronising
-                                                                               call waits for a worker
-``TENSORFLEET_NAMESPACE``          ``tensorfleet``                             prefix of queue names and
-                                                                               Redis keys (isolation)
-``TENSORFLEET_MAX_MESSAGE_BYTES``  ``67108864`` (64 MiB)                       largest AMQP message; bigger
-                                                                               bodies travel in chunks
-``TENSORFLEET_MAX_OBJECT_BYTES``   ``8589934592`` (8 GiB)                      largest reassembled message
-``TENSORFLEET_BATCH_SIZE``         ``1000``                                    commands per client batch
-``TENSORFLEET_PREFETCH``           ``16``                                      messages a worker prefetches
-``TENSORFLEET_BATCH_TTL``          ``3600``                                    seconds a worker remembers
-                                                                               a batch (redelivery replay)
-``TENSORFLEET_CONNECT_RETRIES``    ``5``                                       broker reconnect attempts
-                                                                               before giving up
-``TENSORFLEET_WORKER_ID``          (none)                                      a worker's id, when not
-                                                                               given on the command line
-=================================  ==========================================  ===========================
+Variables and defaults:
+
+- ``TENSORFLEET_BROKER_URL`` = ``amqp://guest:guest@localhost:5672//``: RabbitMQ, Celery URL form.
+- ``TENSORFLEET_REDIS_URL`` = ``redis://localhost:6379/0``: where workers keep their objects.
+- ``TENSORFLEET_TIMEOUT`` = ``30``: seconds a synchronising call waits for a worker.
+- ``TENSORFLEET_NAMESPACE`` = ``tensorfleet``: prefix of queue names and Redis keys, so fleets
+  (and test runs) sharing a broker and a Redis stay apart.
+- ``TENSORFLEET_MAX_MESSAGE_BYTES`` = ``67108864`` (64 MiB): largest AMQP message; bigger bodies
+  travel in chunks (RabbitMQ refuses messages above 128 MiB).
+- ``TENSORFLEET_MAX_OBJECT_BYTES`` = ``8589934592`` (8 GiB): largest reassembled message.
+- ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
+- ``TENSORFLEET_PREFETCH`` = ``16``: messages a worker takes from its queue ahead of time.
+- ``TENSORFLEET_BATCH_TTL`` = ``3600``: seconds a worker remembers an applied batch (to replay
+  its replies on redelivery) and keeps the parts of a chunked message.
+- ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts before a client gives up.
+- ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ errors reach callers only as :class:`~broker.errors.BrokerConnectionError`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -180,10 +181,8 @@ class FleetTransport:
         connection, self._connection, self._channel = self._connection, None, None
         self._wake_pending = False
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(*_BROKER_ERRORS):
                 connection.close()
-            except _BROKER_ERRORS:
-                pass
 
     def _drain(self) -> None:
         """Publish every queued batch; one that fails stays queued for the next connection."""

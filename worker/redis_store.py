@@ -1,0 +1,266 @@
+"""The fleet's object store: live objects in memory, written through to Redis once per message.
+
+Tensors keep their autograd graphs and aliases in the process (the inherited
+:class:`~worker.store.ObjectStore`); what changed during a message is tracked
+by id and written at :meth:`RedisObjectStore.commit` in one MULTI/EXEC
+pipeline, together with the batch-done marker that holds the message's
+outgoing messages. So either all of a message's effects and its marker are in
+Redis, or none are: a redelivered message (``acks_late``) is either replayed
+from the marker or run again from the state before it, and both give the same
+result. Objects created and dropped within one message never reach Redis.
+
+After a restart, :meth:`RedisObjectStore.load` brings every object back: data,
+``requires_grad`` and ``.grad`` (not autograd graphs, which cannot be stored).
+The key schema is in :mod:`worker.keys`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+import redis
+import redis.exceptions
+import torch
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from broker import codec
+from broker.errors import MalformedMessageError, TensorFleetError
+from broker.protocol import PointerRecord
+from worker import keys
+from worker.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+_TENSOR = b"T"
+_POINTER = b"P"
+_VALUE = b"V"
+_PLAN = b"N"
+_LARGE = b"L"
+
+#: Outgoing messages bigger than this in total are not kept for replay (Redis values
+#: stop at 512 MiB); a crash between commit and publish then loses that reply.
+REPLAY_LIMIT = 32 * 1024 * 1024
+
+Outgoing = tuple[str, str, bytes]
+
+
+class StoreUnavailableError(TensorFleetError):
+    """Redis could not be reached or refused a write; the message will be redelivered."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"The worker cannot write its objects to Redis at {url}: {reason}. Start Redis "
+            "(or point TENSORFLEET_REDIS_URL at a running one); the message is redelivered."
+        )
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client that retries a dropped connection a few times before failing."""
+    return redis.Redis.from_url(
+        url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        health_check_interval=30, socket_keepalive=True,
+    )
+
+
+class RedisObjectStore(ObjectStore):
+    """An :class:`ObjectStore` that persists every object of ``worker_id`` under ``namespace``."""
+
+    def __init__(self, worker_id: str, client: redis.Redis, namespace: str, *,
+                 part_bytes: int = 64 * 1024 * 1024, batch_ttl: int = 3600) -> None:
+        super().__init__(worker_id)
+        self.redis = client
+        self.namespace = namespace
+        self.part_bytes = part_bytes
+        self.batch_ttl = batch_ttl
+        self._url = str(client.connection_pool.connection_kwargs.get("host", "redis"))
+        self._objects_key = keys.objects(namespace, worker_id)
+        self._failures_key = keys.failures(namespace, worker_id)
+        #: ids changed since the last commit
+        self._dirty: set[int] = set()
+        self._cleared = False
+        #: what Redis holds per id: b"o" (objects hash), b"L" (objects hash + parts), b"f"
+        self._persisted: dict[int, bytes] = {}
+
+    # -- mutations: note the id, then do what the in-memory store does --------------------
+    def put(self, obj_id: int, obj: Any) -> None:
+        super().put(obj_id, obj)
+        self._dirty.add(obj_id)
+
+    def pop(self, obj_id: int) -> Any:
+        obj = super().pop(obj_id)
+        self._dirty.add(obj_id)
+        return obj
+
+    def discard(self, obj_id: int) -> Any | None:
+        self._dirty.add(obj_id)
+        return super().discard(obj_id)
+
+    def touch(self, obj_id: int) -> None:
+        self._dirty.add(obj_id)
+
+    def mark_failed(self, obj_id: int, error: dict[str, str]) -> None:
+        super().mark_failed(obj_id, error)
+        self._dirty.add(obj_id)
+
+    def clear(self) -> None:
+        super().clear()
+        self._dirty.clear()
+        self._cleared = True
+
+    # -- one message at a time -------------------------------------------------------------
+    def replay(self, batch_key: str) -> list[Outgoing] | None:
+        """The outgoing messages of ``batch_key`` if it was applied already, else None."""
+        data = self._call(self.redis.get, keys.batch(self.namespace, self.worker_id, batch_key))
+        if data is None:
+            return None
+        return [(str(kind), str(address), bytes(body))
+                for kind, address, body in msgpack.unpackb(data, raw=False)]
+
+    def commit(self, batch_key: str, outgoing: list[Outgoing]) -> None:
+        """Write what changed and the batch marker in one MULTI/EXEC transaction."""
+        pipe = self.redis.pipeline(transaction=True)
+        persisted = dict(self._persisted)
+        if self._cleared:
+            pipe.delete(self._objects_key, self._failures_key,
+                        *(keys.tensor_parts(self.namespace, self.worker_id, obj_id)
+                          for obj_id, kind in persisted.items() if kind == _LARGE))
+            persisted.clear()
+        records: dict[str, bytes] = {}
+        failures: dict[str, bytes] = {}
+        drop_records: list[str] = []
+        drop_failures: list[str] = []
+        for obj_id in self._dirty:
+            field = str(obj_id)
+            before = persisted.get(obj_id)
+            if before == _LARGE:
+                pipe.delete(keys.tensor_parts(self.namespace, self.worker_id, obj_id))
+            if obj_id in self.objects:
+                record = self._record(obj_id, self.objects[obj_id], pipe)
+                if record is None:
+                    persisted.pop(obj_id, None)
+                    if before in (b"o", _LARGE):
+                        drop_records.append(field)
+                else:
+                    records[field] = record
+                    persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
+                if before == b"f":
+                    drop_failures.append(field)
+            elif obj_id in self.failures:
+                failures[field] = msgpack.packb(self.failures[obj_id], use_bin_type=True)
+                persisted[obj_id] = b"f"
+                if before in (b"o", _LARGE):
+                    drop_records.append(field)
+            elif before is not None:
+                persisted.pop(obj_id)
+                (drop_failures if before == b"f" else drop_records).append(field)
+        if records:
+            pipe.hset(self._objects_key, mapping=records)  # type: ignore[arg-type]
+        if failures:
+            pipe.hset(self._failures_key, mapping=failures)  # type: ignore[arg-type]
+        if drop_records:
+            pipe.hdel(self._objects_key, *drop_records)
+        if drop_failures:
+            pipe.hdel(self._failures_key, *drop_failures)
+        marker = outgoing if sum(len(body) for _, _, body in outgoing) <= REPLAY_LIMIT else []
+        pipe.set(keys.batch(self.namespace, self.worker_id, batch_key),
+                 msgpack.packb([list(item) for item in marker], use_bin_type=True),
+                 ex=self.batch_ttl)
+        self._call(pipe.execute)
+        self._persisted = persisted
+        self._dirty.clear()
+        self._cleared = False
+
+    def _record(self, obj_id: int, obj: Any, pipe: Any) -> bytes | None:
+        """The hash record of ``obj``; a large tensor's parts are queued onto ``pipe``."""
+        if isinstance(obj, torch.Tensor):
+            data = codec.encode_tensor(obj)
+            if len(data) <= self.part_bytes:
+                return _TENSOR + data
+            view = memoryview(data)
+            parts = [view[i : i + self.part_bytes] for i in range(0, len(view), self.part_bytes)]
+            pipe.rpush(keys.tensor_parts(self.namespace, self.worker_id, obj_id), *parts)
+            return _LARGE + str(len(parts)).encode()
+        if isinstance(obj, PointerRecord):
+            return _POINTER + codec.encode(obj)
+        wire = getattr(obj, "wire", None)
+        try:
+            if wire is not None:
+                return _PLAN + codec.encode(wire)
+            return _VALUE + codec.encode(obj)
+        except TypeError:
+            log.warning("object %s on %s (%s) cannot be persisted; it lives in memory only",
+                        obj_id, self.worker_id, type(obj).__name__)
+            return None
+
+    # -- start-up --------------------------------------------------------------------------
+    def load(self) -> int:
+        """Replace the in-memory objects with what Redis holds; returns how many were loaded."""
+        self.objects.clear()
+        self.failures.clear()
+        self._persisted.clear()
+        self._dirty.clear()
+        self._cleared = False
+        records = self._call(self.redis.hgetall, self._objects_key)
+        for field, record in records.items():
+            obj_id = int(field)
+            try:
+                obj = self._decode_record(obj_id, record)
+            except (MalformedMessageError, NotImplementedError, ValueError) as error:
+                log.error("object %s of %s cannot be loaded (%s); skipped", obj_id,
+                          self.worker_id, error)
+                continue
+            self.objects[obj_id] = obj
+            self._persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
+        for field, data in self._call(self.redis.hgetall, self._failures_key).items():
+            self.failures[int(field)] = msgpack.unpackb(data, raw=False)
+            self._persisted[int(field)] = b"f"
+        return len(self.objects)
+
+    def _decode_record(self, obj_id: int, record: bytes) -> Any:
+        kind, payload = record[:1], memoryview(record)[1:]
+        if kind == _TENSOR:
+            return codec.decode_tensor(bytes(payload))
+        if kind == _LARGE:
+            parts_key = keys.tensor_parts(self.namespace, self.worker_id, obj_id)
+            parts = self._call(self.redis.lrange, parts_key, 0, -1)
+            data = b"".join(parts)
+            del parts
+            return codec.decode_tensor(data)
+        if kind in (_POINTER, _VALUE):
+            return codec.decode(bytes(payload))
+        if kind == _PLAN:
+            from worker.allowlist import DEFAULT_ALLOWLIST
+            from worker.plans import decode_plan
+
+            return decode_plan(codec.decode(bytes(payload)), DEFAULT_ALLOWLIST, self.worker_id)
+        raise MalformedMessageError(f"unknown record kind {kind!r}")
+
+    # -- chunked messages ------------------------------------------------------------------
+    def add_part(self, transfer_id: str, index: int, count: int, part: bytes) -> list[bytes] | None:
+        """Keep one part of a chunked message; every part, in order, once all arrived."""
+        key = keys.transfer(self.namespace, self.worker_id, transfer_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, str(index), part)
+        pipe.expire(key, self.batch_ttl)
+        pipe.hlen(key)
+        received = self._call(pipe.execute)[-1]
+        if received < count:
+            return None
+        parts = self._call(self.redis.hmget, key, [str(i) for i in range(count)])
+        if any(part is None for part in parts):
+            raise MalformedMessageError(f"transfer {transfer_id} has parts beyond its count")
+        return list(parts)
+
+    def drop_transfer(self, transfer_id: str) -> None:
+        """Forget the parts of a chunked message once it was handled."""
+        self._call(self.redis.delete, keys.transfer(self.namespace, self.worker_id, transfer_id))
+
+    def _call(self, function: Any, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except redis.exceptions.RedisError as error:
+            raise StoreUnavailableError(self._url, f"{type(error).__name__}: {error}") from None

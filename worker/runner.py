@@ -1,0 +1,85 @@
+"""Running fleet workers: one Celery solo worker per worker id, in the foreground.
+
+``run_worker`` turns this process into worker ``<id>`` (Celery's own signal
+handling gives a warm shutdown on SIGTERM and Ctrl-C: the running message
+finishes, unacknowledged ones go back to the queue). ``run_fleet`` starts one
+such process per id and stops them all when it is told to stop or one dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from broker import topology
+from broker.settings import get_settings
+
+
+def worker_argv(worker_id: str, namespace: str, loglevel: str = "INFO") -> list[str]:
+    """The ``celery worker`` arguments of worker ``worker_id``."""
+    return [
+        "worker",
+        "--pool", "solo",
+        "--concurrency", "1",
+        "--queues", topology.worker_queue(worker_id, namespace),
+        "--hostname", f"{worker_id}.{namespace}@%h",
+        "--loglevel", loglevel,
+        # gossip and mingle only add start-up delay and broadcast traffic to a solo
+        # worker that shares nothing with its peers; heartbeats stay on (floors.md).
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def run_worker(worker_id: str, loglevel: str = "INFO") -> None:
+    """Serve ``worker_id``'s queue in this process until SIGTERM or Ctrl-C."""
+    os.environ["TENSORFLEET_WORKER_ID"] = worker_id
+    get_settings.cache_clear()
+    settings = get_settings()
+    topology.worker_queue(worker_id, settings.namespace)  # a bad id fails before Celery starts
+
+    from worker.celery_app import app
+
+    app.worker_main(worker_argv(worker_id, settings.namespace, loglevel))
+
+
+def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
+    """Run one worker process per id; SIGTERM/Ctrl-C (or one dying) stops all. Exit status."""
+    namespace = get_settings().namespace
+    for worker_id in worker_ids:
+        topology.worker_queue(worker_id, namespace)
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "client.cli", "worker", worker_id,
+                          "--loglevel", loglevel])
+        for worker_id in worker_ids
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stopping and all(p.poll() is None for p in processes):
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
+    return 0 if stopping or not failed else failed[0]
