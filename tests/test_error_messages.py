@@ -269,3 +269,40 @@ def test_get_of_a_cleared_object(bob):
         x.get()
     assert f'"{x.id_at_location}"' in str(error.value)
     assert '"bob"' in str(error.value)
+
+
+# ------------------------------------------------------------------ forbidden ops (raw protocol)
+
+FORBIDDEN_NAMES = (
+    "builtins.eval",
+    "os.system",
+    "subprocess.run",
+    "torch.load",
+    "torch.save",
+    "torch.from_file",
+    "Tensor.__reduce_ex__",
+    "Tensor.__setattr__",
+    "Tensor.__class__",
+    "torch.Tensor.add",  # not the wire spelling of an allowed op: refused, not guessed
+    "",
+)
+
+
+def test_a_forbidden_op_is_refused_and_the_worker_keeps_serving(bob):
+    # The API has no way to name an arbitrary callable, so this speaks the protocol itself.
+    from broker import protocol
+    from broker.protocol import Ref
+
+    x = torch.tensor([1, 2]).send(bob)
+    for offset, name in enumerate(FORBIDDEN_NAMES):
+        result_id = 99_000_000_000 + offset
+        command = [protocol.OP, name, [Ref(x.id_at_location)], {}, [result_id], True, None]
+        with pytest.raises(sy.ForbiddenOperationError) as error:
+            bob._request(command, "op")
+        message = str(error.value)
+        assert f'"{name}"' in message
+        assert '"bob"' in message
+        assert "allowlist" in message
+
+    assert list(bob._objects) == [x.id_at_location]
+    assert torch.equal((x + 1).get(), torch.tensor([2, 3]))
