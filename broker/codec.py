@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from broker.errors import MalformedMessageError
-from broker.protocol import PointerRecord, Ref
+from broker.protocol import PointerRecord, Ref, Slot
 
 CONTENT_TYPE = "application/x-msgpack"
 CONTENT_ENCODING = "binary"
@@ -35,10 +35,12 @@ EXT_POINTER = 7
 EXT_MEMORY_FORMAT = 8
 EXT_DEVICE = 9
 EXT_COMPLEX = 10
+EXT_SLOT = 11  # Plans: a slot marker in a plan's op list (broker.protocol.Slot)
 
 _REF_ATTR_CODES: dict[str | None, int] = {None: 0, "grad": 1, "data": 2}
 _REF_ATTR_NAMES = {code: name for name, code in _REF_ATTR_CODES.items()}
 _REF_STRUCT = struct.Struct("<qB")
+_SLOT_STRUCT = struct.Struct("<I")
 
 _DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
@@ -144,6 +146,8 @@ def _default(value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(EXT_REF, _REF_STRUCT.pack(value.id, _REF_ATTR_CODES[value.attr]))
     if isinstance(value, torch.Tensor):
         return msgpack.ExtType(EXT_TENSOR, encode_tensor(value))
+    if isinstance(value, Slot):  # Plans
+        return msgpack.ExtType(EXT_SLOT, _SLOT_STRUCT.pack(value.index))
     if isinstance(value, tuple):  # also torch.Size and named tuples
         return msgpack.ExtType(EXT_TUPLE, _pack_nested(list(value)))
     if isinstance(value, list):  # list subclasses
@@ -209,6 +213,12 @@ def _ext_complex(data: bytes) -> complex:
     return complex(real, imag)
 
 
+def _ext_slot(data: bytes) -> Slot:  # Plans
+    if len(data) != _SLOT_STRUCT.size:
+        raise MalformedMessageError("a plan slot is not 4 bytes")
+    return Slot(_SLOT_STRUCT.unpack(data)[0])
+
+
 _EXT_DECODERS: dict[int, Callable[[bytes], Any]] = {
     EXT_TENSOR: decode_tensor,
     EXT_REF: _ext_ref,
@@ -220,6 +230,7 @@ _EXT_DECODERS: dict[int, Callable[[bytes], Any]] = {
     EXT_MEMORY_FORMAT: _ext_memory_format,
     EXT_DEVICE: lambda data: torch.device(data.decode()),
     EXT_COMPLEX: _ext_complex,
+    EXT_SLOT: _ext_slot,
 }
 
 

@@ -32,6 +32,10 @@ objects             [request]: reply with every stored object, for display
 count               [request]: reply with the number of stored objects
 clear               [request]: forget every object (no cascade)
 ping                [request]: reply ``True``; a health check
+plan                [plan_id, plan_data, request]: check a plan (worker/plans.py) and
+                    keep it under plan_id
+run_plan            [plan_id, args, result_ids, grad_enabled, request]: run a stored
+                    plan on stored inputs, keep its outputs under result_ids
 ==================  ===========================================================
 
 A reply is ``{"v": 1, "replies": [[request, ok, payload], ...]}``: ``ok`` is True
@@ -87,6 +91,20 @@ class Ref:
 
     id: int
     attr: str | None = None
+
+
+# -- Plans (client/plan.py, worker/plans.py) -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A value inside a plan's op list: input, state tensor or an earlier op's result, by index.
+
+    Its own extension type on the wire, so no user value (an int, a list) can pose as one.
+    """
+
+    index: int
+
+
+# -- end Plans ------------------------------------------------------------------------
 
 
 @dataclass(slots=True)

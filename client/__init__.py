@@ -17,6 +17,8 @@ from broker.errors import (
     TensorsNotCollocatedException,
     WorkerUnavailableError,
 )
+from client import federated  # federated learning: FederatedDataset/Loader, Optims, FedAvg
+from client.federated import FederatedDataLoader, FederatedDataset
 from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor
 from client.pointer import PointerTensor
@@ -28,6 +30,8 @@ local_worker: Any = None
 __all__ = [
     "BaseWorker",
     "BrokerConnectionError",
+    "FederatedDataLoader",
+    "FederatedDataset",
     "FleetWorker",
     "ForbiddenOperationError",
     "GetRequiredError",
@@ -41,5 +45,6 @@ __all__ = [
     "TorchHook",
     "VirtualWorker",
     "WorkerUnavailableError",
+    "federated",
     "local_worker",
 ]

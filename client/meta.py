@@ -64,9 +64,11 @@ class ShapeCache:
         self._max_entries = max_entries
 
     def infer(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-              meta_of: Callable[[Any], Meta | None]) -> Inferred | None:
-        """Infer ``func(*args, **kwargs)``; ``meta_of`` gives a pointer's Meta (None if not one)."""
-        grad = torch.is_grad_enabled()
+              meta_of: Callable[[Any], Meta | None], grad: bool) -> Inferred | None:
+        """Infer ``func(*args, **kwargs)`` under grad mode ``grad``.
+
+        ``meta_of`` gives a pointer's Meta, or None for anything that is not a pointer.
+        """
         try:
             parts: list[Any] = [func, grad]
             for arg in args:  # flat fast path: most ops take pointers and scalars
@@ -76,12 +78,12 @@ class ShapeCache:
                 parts.append(_key_of(kwargs, meta_of))
             key = tuple(parts)
         except _Unhashable:
-            return _run_on_meta(func, args, kwargs, meta_of)
+            return _run_on_meta(func, args, kwargs, meta_of, grad)
         try:
             return self._cache[key]
         except KeyError:
             pass
-        inferred = _run_on_meta(func, args, kwargs, meta_of)
+        inferred = _run_on_meta(func, args, kwargs, meta_of, grad)
         if inferred is not None:
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()
@@ -103,11 +105,11 @@ def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
 
 
 def _run_on_meta(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 meta_of: Callable[[Any], Meta | None]) -> Inferred | None:
+                 meta_of: Callable[[Any], Meta | None], grad: bool) -> Inferred | None:
     try:
         meta_args = _to_meta(args, meta_of)
         meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
-        with torch._C.DisableTorchFunctionSubclass():
+        with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
             result = func(*meta_args, **meta_kwargs)
     except Exception:  # meta kernels are missing or the call is invalid: the worker will tell
         return None

@@ -169,31 +169,43 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
     route = call.route
     if route is not None:  # the worker will forward this along the chain
         location.session.note_route(route)
+    grad = torch.is_grad_enabled()
     if name == "Tensor.backward":
         location.backward_epoch += 1
-        location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (),
-                           torch.is_grad_enabled(), None))
+        location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (), grad, None))
         return None
-    inferred = SHAPES.infer(func, args, kwargs, _pointer_meta)
+    inferred = SHAPES.infer(func, args, kwargs, _pointer_meta, grad)
     if inferred is None:
         return _call_and_describe(location, name, wire_args, wire_kwargs)
     if inferred.is_value:  # computed from metadata alone (torch.is_complex, ...): no data needed
         return inferred.value
-    grad = torch.is_grad_enabled()
-    if is_inplace(name) or not inferred.outputs:
+    outputs = inferred.outputs
+    if not outputs or _is_inplace(name):
         location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (), grad, None))
         target = args[0] if args else None
-        if type(target) is PointerTensor and inferred.outputs:
-            target._set_meta(inferred.outputs[0])
+        if type(target) is PointerTensor and outputs:
+            target._set_meta(outputs[0])
             return target
         return None
-    result_ids = tuple([new_id() for _ in inferred.outputs])
+    if inferred.container is None:  # one result: the common case, kept short
+        result_id = _ids.getrandbits(36)
+        location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (result_id,), grad, None))
+        return PointerTensor._wrap(Pointer(location, result_id, outputs[0], route=route))
+    result_ids = tuple([new_id() for _ in outputs])
     location._enqueue((protocol.OP, name, wire_args, wire_kwargs, result_ids, grad, None))
-    pointers = [make_pointer(location, result_id, meta, route=route)
-                for result_id, meta in zip(result_ids, inferred.outputs, strict=True)]
-    if inferred.container is None:
-        return pointers[0]
-    return inferred.container(pointers)
+    return inferred.container([make_pointer(location, result_id, meta, route=route)
+                               for result_id, meta in zip(result_ids, outputs, strict=True)])
+
+
+_INPLACE: dict[str, bool] = {}
+
+
+def _is_inplace(name: str) -> bool:
+    """Whether an op mutates its first argument (memoised: it runs on every op)."""
+    inplace = _INPLACE.get(name)
+    if inplace is None:
+        inplace = _INPLACE[name] = is_inplace(name)
+    return inplace
 
 
 def _call_and_describe(location: BaseWorker, name: str, wire_args: tuple[Any, ...],

@@ -15,6 +15,11 @@ class Allowlist:
     def __init__(self, allowed: Mapping[str, Callable[..., Any]] = ALLOWED) -> None:
         self._allowed = dict(allowed)
 
+    @property
+    def table(self) -> Mapping[str, Callable[..., Any]]:
+        """Name -> callable, for the engine's hot path (read only)."""
+        return self._allowed
+
     def resolve(self, name: str, worker_id: str) -> Callable[..., Any]:
         """The callable for ``name``; ForbiddenOperationError if it is not listed."""
         try:

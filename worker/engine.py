@@ -24,8 +24,8 @@ from broker import codec, protocol
 from broker.errors import (
     InvalidTensorForRemoteGet,
     MalformedMessageError,
+    ForbiddenOperationError,
     ObjectNotFoundError,
-    TensorFleetError,
     TensorsNotCollocatedException,
     UnknownCommandError,
     error_to_wire,
@@ -65,6 +65,10 @@ class _Forward(Exception):
         self.location = location
 
 
+#: command name -> length of the command list, name included
+_COMMAND_LENGTH = {name: arity + 1 for name, arity in protocol.COMMAND_ARITY.items()}
+
+
 def derive_id(obj_id: int, worker_id: str) -> int:
     """The id a forwarded result gets at the next hop: deterministic, so redelivery repeats it."""
     digest = hashlib.blake2b(f"{obj_id}:{worker_id}".encode(), digest_size=8).digest()
@@ -83,6 +87,7 @@ class Engine:
         self.worker_id = worker_id
         self.store = store if store is not None else ObjectStore(worker_id)
         self.allowlist = allowlist
+        self._allowed = allowlist.table
         self._handlers: dict[str, Callable[..., None]] = {
             protocol.STORE: self._store,
             protocol.OP: self._op,
@@ -132,7 +137,7 @@ class Engine:
             return
         name = command[0]
         handler = self._handlers.get(name)
-        if handler is None or len(command) - 1 != protocol.COMMAND_ARITY.get(name):
+        if handler is None or len(command) != _COMMAND_LENGTH.get(name):
             request = command[-1] if len(command) > 1 and isinstance(command[-1], int) else None
             error = UnknownCommandError(name, self.worker_id)
             self._fail(request, (), error, name)
@@ -233,11 +238,10 @@ class Engine:
 
     def _op(self, name: str, args: list[Any], kwargs: dict[str, Any], result_ids: list[int],
             grad_enabled: bool, request: int | None) -> None:
-        command = f"op {name}"
-        try:
-            func = self.allowlist.resolve(name, self.worker_id)
-        except TensorFleetError as error:
-            self._fail(request, result_ids, error, command)
+        func = self._allowed.get(name) if type(name) is str else None
+        if func is None:
+            error = ForbiddenOperationError(str(name), self.worker_id)
+            self._fail(request, result_ids, error, f"op {name}")
             self._rejected = str(error)
             return
         try:
@@ -254,9 +258,12 @@ class Engine:
             else:
                 with torch.set_grad_enabled(bool(grad_enabled)):
                     result = func(*call_args, **call_kwargs)
-            self._keep_results(name, result, result_ids, args)
+            if len(result_ids) == 1 and isinstance(result, torch.Tensor):
+                self.store.put(result_ids[0], result)  # the common case, kept short
+            else:
+                self._keep_results(name, result, result_ids, args)
         except Exception as error:  # any torch error is reported to the client, not raised here
-            self._fail(request, result_ids, error, command)
+            self._fail(request, result_ids, error, f"op {name}")
             return
         if request is not None:
             self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])

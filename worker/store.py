@@ -31,7 +31,8 @@ class ObjectStore:
     # -- mutations ---------------------------------------------------------------------
     def put(self, obj_id: int, obj: Any) -> None:
         self.objects[obj_id] = obj
-        self.failures.pop(obj_id, None)
+        if self.failures:
+            self.failures.pop(obj_id, None)
 
     def pop(self, obj_id: int) -> Any:
         """Remove and return the object; KeyError if absent."""
@@ -39,7 +40,8 @@ class ObjectStore:
 
     def discard(self, obj_id: int) -> Any | None:
         """Remove the object or failure marker if present; return the object (or None)."""
-        self.failures.pop(obj_id, None)
+        if self.failures:
+            self.failures.pop(obj_id, None)
         return self.objects.pop(obj_id, None)
 
     def touch(self, obj_id: int) -> None:

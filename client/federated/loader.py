@@ -25,6 +25,29 @@ _IGNORED_OPTIONS = ("num_workers", "pin_memory", "collate_fn", "persistent_worke
                     "prefetch_factor", "timeout", "worker_init_fn")
 
 
+def batch_indices(size: int, batch_size: int, shuffle: bool, drop_last: bool,
+                  generator: torch.Generator | None = None) -> Iterator[slice | list[int]]:
+    """The index of each batch of ``size`` samples: a slice, or a list of ints when shuffled.
+
+    The same function orders local batches (``local_batches``), so a federated run
+    and its local replay see the same samples in the same order.
+    """
+    order = torch.randperm(size, generator=generator) if shuffle else None
+    stop_at = size - size % batch_size if drop_last else size
+    for start in range(0, stop_at, batch_size):
+        stop = min(start + batch_size, size)
+        yield slice(start, stop) if order is None else order[start:stop].tolist()
+
+
+def local_batches(data: torch.Tensor, targets: torch.Tensor, batch_size: int,
+                  shuffle: bool = False, drop_last: bool = False,
+                  generator: torch.Generator | None = None,
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches a FederatedDataLoader would build on a worker, from local tensors."""
+    for index in batch_indices(int(data.shape[0]), batch_size, shuffle, drop_last, generator):
+        yield data[index], targets[index]
+
+
 class FederatedDataLoader:
     """``sy.FederatedDataLoader(fd, batch_size=32, shuffle=True, drop_last=False)``.
 
@@ -73,12 +96,8 @@ class FederatedDataLoader:
     def iter_worker(self, worker: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one worker's share, in order (one pass)."""
         share = self.federated_dataset[worker]
-        size = len(share)
-        order = torch.randperm(size, generator=self.generator) if self.shuffle else None
-        for batch in range(self.batches_of(share)):
-            start = batch * self.batch_size
-            stop = min(start + self.batch_size, size)
-            index: Any = slice(start, stop) if order is None else order[start:stop].tolist()
+        for index in batch_indices(len(share), self.batch_size, self.shuffle, self.drop_last,
+                                   self.generator):
             yield share.data[index], share.targets[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
