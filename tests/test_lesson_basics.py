@@ -269,3 +269,12 @@ def test_in_place_op_returns_the_same_pointer_and_creates_nothing(bob):
     x += y
     assert set(bob._objects) == before
     assert torch.equal(x.get(), torch.tensor([5, 7, 9, 11, 13]))
+
+
+def test_creating_a_worker_again_by_id_gives_the_same_worker(hook, bob):
+    # lesson 004 §1.2 runs `bob = sy.VirtualWorker(hook, id="bob")` again after clear_objects()
+    x = torch.tensor([1, 2, 3]).send(bob)
+    again = type(bob)(hook, id="bob")
+    assert again is bob
+    assert list(again._objects) == [x.id_at_location]
+    assert x.location is again
