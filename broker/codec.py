@@ -45,8 +45,18 @@ _SLOT_STRUCT = struct.Struct("<I")
 _DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
     for dtype in (
-        torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-        torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
     )
 }
 _MEMORY_FORMATS: dict[str, torch.memory_format] = {
@@ -97,7 +107,9 @@ def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
 def ref_ext(obj_id: int, attr: str | None = None) -> msgpack.ExtType:
     """A :class:`Ref` already in wire form: clients build it once per pointer, not per op."""
     # tuple.__new__ skips ExtType's validating constructor: this runs once per pointer
-    return tuple.__new__(msgpack.ExtType, (EXT_REF, _REF_STRUCT.pack(obj_id, _REF_ATTR_CODES[attr])))
+    return tuple.__new__(
+        msgpack.ExtType, (EXT_REF, _REF_STRUCT.pack(obj_id, _REF_ATTR_CODES[attr]))
+    )
 
 
 def _safetensors_metadata(buffer: bytes) -> dict[str, str]:
@@ -165,8 +177,16 @@ def _default(value: Any) -> msgpack.ExtType:
     if isinstance(value, PointerRecord):
         return msgpack.ExtType(
             EXT_POINTER,
-            _pack_nested([value.location, value.id_at_location, value.owns, list(value.shape),
-                          value.dtype, value.requires_grad]),
+            _pack_nested(
+                [
+                    value.location,
+                    value.id_at_location,
+                    value.owns,
+                    list(value.shape),
+                    value.dtype,
+                    value.requires_grad,
+                ]
+            ),
         )
     if isinstance(value, complex):
         return msgpack.ExtType(EXT_COMPLEX, _pack_nested([value.real, value.imag]))
@@ -175,7 +195,7 @@ def _default(value: Any) -> msgpack.ExtType:
     if isinstance(value, dict):
         return dict(value)  # type: ignore[return-value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()  # type: ignore[no-any-return]
+        return value.item()
     raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
 
 
@@ -192,8 +212,14 @@ def _ext_ref(data: bytes) -> Ref:
 
 def _ext_pointer(data: bytes) -> PointerRecord:
     location, id_at_location, owns, shape, dtype, requires_grad = _unpack_nested(data)
-    return PointerRecord(str(location), int(id_at_location), bool(owns), tuple(shape), str(dtype),
-                         bool(requires_grad))
+    return PointerRecord(
+        str(location),
+        int(id_at_location),
+        bool(owns),
+        tuple(shape),
+        str(dtype),
+        bool(requires_grad),
+    )
 
 
 def _ext_slice(data: bytes) -> slice:

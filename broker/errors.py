@@ -43,8 +43,9 @@ class ObjectNotFoundError(TensorFleetError, KeyError):
 class TensorsNotCollocatedException(TensorFleetError):
     """An operation mixed tensors that live on different workers."""
 
-    def __init__(self, op: str, first: str, first_location: str, second: str,
-                 second_location: str) -> None:
+    def __init__(
+        self, op: str, first: str, first_location: str, second: str, second_location: str
+    ) -> None:
         if first_location == "me" or second_location == "me":
             remote = second_location if first_location == "me" else first_location
             advice = (

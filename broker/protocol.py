@@ -135,8 +135,13 @@ class TensorMeta:
 
 def envelope(batch: int, sender: str, reply_to: str | None, commands: list[Any]) -> dict[str, Any]:
     """Build a batch message."""
-    return {"v": PROTOCOL_VERSION, "batch": batch, "sender": sender, "reply_to": reply_to,
-            "commands": commands}
+    return {
+        "v": PROTOCOL_VERSION,
+        "batch": batch,
+        "sender": sender,
+        "reply_to": reply_to,
+        "commands": commands,
+    }
 
 
 def reply_envelope(replies: list[list[Any]]) -> dict[str, Any]:

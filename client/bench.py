@@ -54,7 +54,8 @@ def in_process_rows(quick: bool) -> list[Row]:
     bench_worker = sy.VirtualWorker(hook, id="bench")
     bench_worker.clear_objects()
     local_a, local_b = torch.tensor([1.0, 2, 3, 4, 5]), torch.tensor([1.0, 1, 1, 1, 1])
-    a, b = local_a.send(bench_worker), local_b.send(bench_worker)
+    a = local_a.send(bench_worker)  # type: ignore[attr-defined]
+    b = local_b.send(bench_worker)  # type: ignore[attr-defined]
     calls = 5_000 if quick else 50_000
 
     def pipelined_loop() -> None:
@@ -74,10 +75,16 @@ def in_process_rows(quick: bool) -> list[Row]:
     sync = per_call_us(lambda: (a + b).get(), sync_calls)
     local_sync = per_call_us(lambda: torch.add(local_a, local_b).clone(), sync_calls)
     return [
-        Row("in-process pipelined pointer op (a + b)", pipelined, "µs/op", "local torch.add",
-            local),
-        Row("in-process synchronous op ((a + b).get())", sync, "µs/op",
-            "local torch.add + clone", local_sync),
+        Row(
+            "in-process pipelined pointer op (a + b)", pipelined, "µs/op", "local torch.add", local
+        ),
+        Row(
+            "in-process synchronous op ((a + b).get())",
+            sync,
+            "µs/op",
+            "local torch.add + clone",
+            local_sync,
+        ),
     ]
 
 
@@ -117,8 +124,12 @@ def format_rows(rows: list[Row]) -> str:
 
 
 @click.command()
-@click.option("--fleet", is_flag=True, help="Also benchmark a running fleet (RabbitMQ, Celery, "
-              "Redis), starting workers if none answer.")
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="Also benchmark a running fleet (RabbitMQ, Celery, "
+    "Redis), starting workers if none answer.",
+)
 @click.option("--quick", is_flag=True, help="Fewer iterations: a smoke run, not a measurement.")
 @click.option("--only", multiple=True, help="Run only these sections (repeatable).")
 def bench(fleet: bool, quick: bool, only: tuple[str, ...]) -> None:
@@ -126,8 +137,10 @@ def bench(fleet: bool, quick: bool, only: tuple[str, ...]) -> None:
     sections = dict(SECTIONS)
     if fleet:
         sections.update(FLEET_SECTIONS)
-    click.echo(f"machine: {platform.machine()}, {_cpu_count()} cores, Python "
-               f"{platform.python_version()}, torch {torch.__version__}")
+    click.echo(
+        f"machine: {platform.machine()}, {_cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )
     rows: list[Row] = []
     for name, target in sections.items():
         if only and name not in only:

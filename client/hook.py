@@ -47,8 +47,13 @@ def _install() -> None:
 class TorchHook:
     """``hook = sy.TorchHook(torch)``: makes tensors and modules sendable; idempotent."""
 
-    def __init__(self, torch_module: Any = torch, local_worker_: VirtualWorker | None = None,
-                 is_client: bool = True, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        torch_module: Any = torch,
+        local_worker_: VirtualWorker | None = None,
+        is_client: bool = True,
+        verbose: bool = False,
+    ) -> None:
         if torch_module is not torch:
             raise TypeError("TorchHook hooks the torch module: sy.TorchHook(torch)")
         _install()

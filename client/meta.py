@@ -63,8 +63,14 @@ class ShapeCache:
         self._cache: dict[Any, Inferred | None] = {}
         self._max_entries = max_entries
 
-    def infer(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-              meta_of: Callable[[Any], Meta | None], grad: bool) -> Inferred | None:
+    def infer(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        meta_of: Callable[[Any], Meta | None],
+        grad: bool,
+    ) -> Inferred | None:
         """Infer ``func(*args, **kwargs)`` under grad mode ``grad``.
 
         ``meta_of`` gives a pointer's Meta, or None for anything that is not a pointer.
@@ -104,8 +110,13 @@ def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
     return value
 
 
-def _run_on_meta(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 meta_of: Callable[[Any], Meta | None], grad: bool) -> Inferred | None:
+def _run_on_meta(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    meta_of: Callable[[Any], Meta | None],
+    grad: bool,
+) -> Inferred | None:
     try:
         meta_args = _to_meta(args, meta_of)
         meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
@@ -117,8 +128,11 @@ def _run_on_meta(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         return Inferred((), None)
     if isinstance(result, torch.Tensor):
         return Inferred(((tuple(result.shape), result.dtype, result.requires_grad),), None)
-    if isinstance(result, list | tuple) and result and all(
-            isinstance(item, torch.Tensor) for item in result):
+    if (
+        isinstance(result, list | tuple)
+        and result
+        and all(isinstance(item, torch.Tensor) for item in result)
+    ):
         outputs = tuple((tuple(item.shape), item.dtype, item.requires_grad) for item in result)
         return Inferred(outputs, type(result))
     return Inferred((), None, is_value=True, value=result)

@@ -30,8 +30,10 @@ def module_send(self: nn.Module, *locations: Any) -> nn.Module:
     from client.remote import send_pointer, send_tensor
 
     if len(locations) != 1:
-        raise NotImplementedError("Inplace send to several workers is currently not supported: "
-                                  "send model.copy() to each worker instead.")
+        raise NotImplementedError(
+            "Inplace send to several workers is currently not supported: "
+            "send model.copy() to each worker instead."
+        )
     for tensor in list(_tensors(self)):
         if type(tensor) is PointerTensor:
             pointer = send_pointer(tensor, locations)
@@ -56,8 +58,9 @@ def module_get(self: nn.Module) -> nn.Module:
 def module_copy(self: nn.Module) -> nn.Module:
     """A deep copy with new parameter objects (the way to send one model to several workers)."""
     if any(type(tensor) is PointerTensor for tensor in _tensors(self)):
-        raise ValueError("copy() works on a local model: call model.get() first, or copy it "
-                         "before sending it")
+        raise ValueError(
+            "copy() works on a local model: call model.get() first, or copy it before sending it"
+        )
     return copy.deepcopy(self)
 
 

@@ -29,11 +29,16 @@ class MultiPointerTensor(torch.Tensor):
         first = next(iter(children.values()))
         shape, dtype, requires_grad = first.child.meta
         wrapper = torch.Tensor._make_wrapper_subclass(
-            MultiPointerTensor, shape, dtype=dtype, device="cpu", requires_grad=requires_grad)
+            MultiPointerTensor,
+            shape,
+            dtype=dtype,
+            device=torch.device("cpu"),
+            requires_grad=requires_grad,
+        )
         wrapper.child = MultiPointer(children)
         return wrapper
 
-    def __repr__(self, *args: Any, **kwargs: Any) -> str:
+    def __repr__(self, *, tensor_contents: Any = None) -> Any:  # type: ignore[override]
         lines = "".join(f"\n\t-> {pointer!r}" for pointer in self.child.child.values())
         return f"(Wrapper)>[MultiPointerTensor]{lines}"
 
@@ -42,14 +47,15 @@ class MultiPointerTensor(torch.Tensor):
     def __hash__(self) -> int:
         return id(self)
 
-    def get(self, sum_results: bool = False) -> Any:  # type: ignore[override]
+    def get(self, sum_results: bool = False) -> Any:
         """Every copy, in the order sent; with ``sum_results`` their sum."""
         results = [pointer.get() for pointer in self.child.child.values()]
         return sum(results[1:], results[0]) if sum_results else results
 
     @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if type(func).__name__ == "method-wrapper":
             name = func.__self__.__name__ if hasattr(func.__self__, "__name__") else ""
@@ -66,14 +72,16 @@ class MultiPointerTensor(torch.Tensor):
         first = next(iter(results.values()))
         if isinstance(first, PointerTensor):
             return MultiPointerTensor.from_children(results)
-        if first is None or all(result is args[0].child.child.get(worker_id)
-                                for worker_id, result in results.items()):
+        if first is None or all(
+            result is args[0].child.child.get(worker_id) for worker_id, result in results.items()
+        ):
             return args[0] if first is not None else None
         return results
 
     @classmethod
-    def __torch_dispatch__(cls, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(  # type: ignore[override]
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         raise RuntimeError(f"{func} reached a MultiPointerTensor below __torch_function__")
 
 

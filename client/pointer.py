@@ -15,6 +15,7 @@ When the last reference to it goes, and it owns its object
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from types import MethodWrapperType
@@ -38,20 +39,37 @@ DEFAULT_OWNER: Any = None
 
 
 def new_id() -> int:
-    """A fresh object id in PySyft's range [0, 1e11) (36 random bits: fast, collision-free enough)."""
+    """A fresh object id in PySyft's range [0, 1e11): 36 random bits, fast and unique enough."""
     return _ids.getrandbits(36)
 
 
 class Pointer:
     """Where a pointer's object lives and whether the pointer owns it (``wrapper.child``)."""
 
-    __slots__ = ("garbage_collect_data", "grad_cleared_epoch", "id", "id_at_location",
-                 "location", "meta", "owner", "point_to_attr", "ref", "route")
+    __slots__ = (
+        "garbage_collect_data",
+        "grad_cleared_epoch",
+        "id",
+        "id_at_location",
+        "location",
+        "meta",
+        "owner",
+        "point_to_attr",
+        "ref",
+        "route",
+    )
 
-    def __init__(self, location: BaseWorker, id_at_location: int, meta: Meta,
-                 obj_id: int | None = None, garbage_collect_data: bool = True,
-                 point_to_attr: str | None = None, owner: Any = None,
-                 route: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        location: BaseWorker,
+        id_at_location: int,
+        meta: Meta,
+        obj_id: int | None = None,
+        garbage_collect_data: bool = True,
+        point_to_attr: str | None = None,
+        owner: Any = None,
+        route: tuple[str, ...] | None = None,
+    ) -> None:
         self.id = new_id() if obj_id is None else obj_id
         self.location = location
         self.id_at_location = id_at_location
@@ -68,15 +86,13 @@ class Pointer:
 
     def __del__(self) -> None:
         if self.garbage_collect_data and self.point_to_attr is None:
-            try:
+            # at interpreter exit the session may already be gone: nothing is left to delete
+            with contextlib.suppress(Exception):
                 self.location._finalize_delete(self.id_at_location, self.route)
-            except Exception:  # at interpreter exit the session may already be gone
-                pass
 
     def __repr__(self) -> str:
         suffix = f"::{self.point_to_attr}" if self.point_to_attr else ""
-        return (f"[PointerTensor | me:{self.id} -> {self.location.id}:{self.id_at_location}]"
-                f"{suffix}")
+        return f"[PointerTensor | me:{self.id} -> {self.location.id}:{self.id_at_location}]{suffix}"
 
 
 def _pointer_meta(value: Any) -> Meta | None:
@@ -113,8 +129,12 @@ class _Call:
                 self.location, self.pointer = pointer.location, value
             elif pointer.location is not self.location:
                 raise TensorsNotCollocatedException(
-                    self.name, repr(self.pointer.child), self.location.id, repr(pointer),
-                    pointer.location.id)
+                    self.name,
+                    repr(self.pointer.child),
+                    self.location.id,
+                    repr(pointer),
+                    pointer.location.id,
+                )
             if pointer.route is not None:
                 self.route = pointer.route
             return pointer.ref
@@ -146,8 +166,12 @@ def _check_no_local(call: _Call, value: Any) -> None:
     if kind is _LocalTensor:
         assert call.pointer is not None
         raise TensorsNotCollocatedException(
-            call.name, repr(call.pointer.child), call.pointer.child.location.id,
-            _local_label(value.tensor), "me")
+            call.name,
+            repr(call.pointer.child),
+            call.pointer.child.location.id,
+            _local_label(value.tensor),
+            "me",
+        )
     if kind is list or kind is tuple:
         for item in value:
             _check_no_local(call, item)
@@ -193,8 +217,12 @@ def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[s
         return PointerTensor._wrap(Pointer(location, result_id, outputs[0], route=route))
     result_ids = tuple([new_id() for _ in outputs])
     location._enqueue((protocol.OP, name, wire_args, wire_kwargs, result_ids, grad, None))
-    return inferred.container([make_pointer(location, result_id, meta, route=route)
-                               for result_id, meta in zip(result_ids, outputs, strict=True)])
+    return inferred.container(
+        [
+            make_pointer(location, result_id, meta, route=route)
+            for result_id, meta in zip(result_ids, outputs, strict=True)
+        ]
+    )
 
 
 _INPLACE: dict[str, bool] = {}
@@ -208,19 +236,23 @@ def _is_inplace(name: str) -> bool:
     return inplace
 
 
-def _call_and_describe(location: BaseWorker, name: str, wire_args: tuple[Any, ...],
-                       wire_kwargs: dict[str, Any]) -> Any:
+def _call_and_describe(
+    location: BaseWorker, name: str, wire_args: tuple[Any, ...], wire_kwargs: dict[str, Any]
+) -> Any:
     """Run an op whose result the client cannot infer, and ask the worker what it made."""
     result_id = new_id()
     described = location._request(  # a chain forwards this; the reply comes from the last hop
         [protocol.OP, name, wire_args, wire_kwargs, (result_id,), torch.is_grad_enabled(), None],
-        f"op {name}")
+        f"op {name}",
+    )
     shape, dtype, requires_grad = described[0]
-    return make_pointer(location, result_id,
-                        (tuple(shape), codec.dtype_from_name(dtype), bool(requires_grad)))
+    return make_pointer(
+        location, result_id, (tuple(shape), codec.dtype_from_name(dtype), bool(requires_grad))
+    )
 
 
 # ---------------------------------------------------------------- local answers
+
 
 def _run_locally(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     with torch._C.DisableTorchFunctionSubclass():
@@ -232,17 +264,68 @@ def _refuse_value(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     raise GetRequiredError(f"{what}()", repr(args[0].child) if args else "the pointer")
 
 
-_METADATA_METHODS = ("dim", "size", "numel", "nelement", "element_size", "is_floating_point",
-                     "is_complex", "ndimension", "is_contiguous", "stride", "get_device",
-                     "__len__", "is_signed", "has_names")
-_VALUE_METHODS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__",
-                  "__complex__", "__array__", "data_ptr", "storage", "untyped_storage",
-                  "__reduce_ex__", "equal", "allclose", "__contains__")
-_METADATA_ATTRIBUTES = ("shape", "dtype", "device", "requires_grad", "is_leaf", "ndim", "layout",
-                        "is_cuda", "is_sparse", "is_quantized", "is_meta", "is_mkldnn",
-                        "is_nested", "names", "itemsize", "nbytes", "is_cpu", "is_xpu", "is_mps",
-                        "output_nr", "_version", "grad_fn", "_backward_hooks", "_base",
-                        "_post_accumulate_grad_hooks", "retains_grad")
+_METADATA_METHODS = (
+    "dim",
+    "size",
+    "numel",
+    "nelement",
+    "element_size",
+    "is_floating_point",
+    "is_complex",
+    "ndimension",
+    "is_contiguous",
+    "stride",
+    "get_device",
+    "__len__",
+    "is_signed",
+    "has_names",
+)
+_VALUE_METHODS = (
+    "item",
+    "tolist",
+    "numpy",
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__complex__",
+    "__array__",
+    "data_ptr",
+    "storage",
+    "untyped_storage",
+    "__reduce_ex__",
+    "equal",
+    "allclose",
+    "__contains__",
+)
+_METADATA_ATTRIBUTES = (
+    "shape",
+    "dtype",
+    "device",
+    "requires_grad",
+    "is_leaf",
+    "ndim",
+    "layout",
+    "is_cuda",
+    "is_sparse",
+    "is_quantized",
+    "is_meta",
+    "is_mkldnn",
+    "is_nested",
+    "names",
+    "itemsize",
+    "nbytes",
+    "is_cpu",
+    "is_xpu",
+    "is_mps",
+    "output_nr",
+    "_version",
+    "grad_fn",
+    "_backward_hooks",
+    "_base",
+    "_post_accumulate_grad_hooks",
+    "retains_grad",
+)
 
 _LOCAL_HANDLERS: dict[Any, Callable[..., Any]] = {}
 for _method_name in _METADATA_METHODS:
@@ -270,7 +353,12 @@ class PointerTensor(torch.Tensor):
     def _wrap(pointer: Pointer) -> Any:
         shape, dtype, requires_grad = pointer.meta
         wrapper = torch.Tensor._make_wrapper_subclass(
-            PointerTensor, shape, dtype=dtype, device="cpu", requires_grad=requires_grad)
+            PointerTensor,
+            shape,
+            dtype=dtype,
+            device=torch.device("cpu"),
+            requires_grad=requires_grad,
+        )
         wrapper.child = pointer
         return wrapper
 
@@ -306,7 +394,7 @@ class PointerTensor(torch.Tensor):
         self.child.garbage_collect_data = False
         return self
 
-    def __repr__(self, *args: Any, **kwargs: Any) -> str:
+    def __repr__(self, *, tensor_contents: Any = None) -> Any:  # type: ignore[override]
         return f"(Wrapper)>{self.child!r}"
 
     __str__ = __repr__
@@ -326,13 +414,13 @@ class PointerTensor(torch.Tensor):
     def __int__(self) -> int:
         raise GetRequiredError("int()", repr(self.child))
 
-    def item(self) -> Any:  # type: ignore[override]
+    def item(self) -> Any:
         raise GetRequiredError(".item()", repr(self.child))
 
-    def tolist(self) -> Any:  # type: ignore[override]
+    def tolist(self) -> Any:
         raise GetRequiredError(".tolist()", repr(self.child))
 
-    def numpy(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def numpy(self, *args: Any, **kwargs: Any) -> Any:
         raise GetRequiredError(".numpy()", repr(self.child))
 
     def _set_meta(self, meta: Meta) -> None:
@@ -349,7 +437,7 @@ class PointerTensor(torch.Tensor):
 
         return send_pointer(self, locations)
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def get(self, *args: Any, **kwargs: Any) -> Any:
         """Bring the object here; the worker forgets it (a pointer-to-pointer gives a pointer)."""
         from client.remote import get_pointer
 
@@ -373,8 +461,9 @@ class PointerTensor(torch.Tensor):
 
     # -- interception ------------------------------------------------------------------------
     @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         handler = _LOCAL_HANDLERS.get(func)
         if handler is not None:
@@ -384,11 +473,13 @@ class PointerTensor(torch.Tensor):
         return _remote_call(func, args, kwargs)
 
     @classmethod
-    def __torch_dispatch__(cls, func: Any, types: Any, args: tuple[Any, ...] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_dispatch__(  # type: ignore[override]
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         raise RuntimeError(
             f"{func} reached a PointerTensor below __torch_function__; this is a TensorFleet "
-            "bug: please report it with the code that triggered it.")
+            "bug: please report it with the code that triggered it."
+        )
 
 
 def _attribute_access(func: MethodWrapperType, args: tuple[Any, ...]) -> Any:
@@ -404,8 +495,9 @@ def _attribute_access(func: MethodWrapperType, args: tuple[Any, ...]) -> Any:
             return _run_locally(func, args, {})
         if name in ("T", "mT", "H", "mH"):
             return target.t() if name in ("T", "H") else target.transpose(-2, -1)
-        raise AttributeError(f"TensorFleet pointers do not support the attribute .{name} yet; "
-                             "call .get() first")
+        raise AttributeError(
+            f"TensorFleet pointers do not support the attribute .{name} yet; call .get() first"
+        )
     if func.__name__ == "__set__" and name in ("grad", "data", "requires_grad"):
         return _set_attribute(target, name, args[1])
     raise AttributeError(f"cannot set .{name} on a pointer")
@@ -414,15 +506,27 @@ def _attribute_access(func: MethodWrapperType, args: tuple[Any, ...]) -> Any:
 def _attribute_pointer(target: Any, attr: str) -> Any:
     pointer: Pointer = target.child
     if pointer.point_to_attr is not None:
-        raise AttributeError(f"{pointer!r}.{attr}: attributes of attributes are not supported; "
-                             "call .clone() first")
+        raise AttributeError(
+            f"{pointer!r}.{attr}: attributes of attributes are not supported; call .clone() first"
+        )
     shape, dtype, requires_grad = pointer.meta
-    if attr == "grad":
-        if not requires_grad or pointer.grad_cleared_epoch == pointer.location.backward_epoch:
-            return None
-    return PointerTensor._wrap(Pointer(
-        pointer.location, pointer.id_at_location, (shape, dtype, False), obj_id=pointer.id,
-        garbage_collect_data=False, point_to_attr=attr, owner=pointer.owner, route=pointer.route))
+    grad_is_none = (
+        not requires_grad or pointer.grad_cleared_epoch == pointer.location.backward_epoch
+    )
+    if attr == "grad" and grad_is_none:
+        return None
+    return PointerTensor._wrap(
+        Pointer(
+            pointer.location,
+            pointer.id_at_location,
+            (shape, dtype, False),
+            obj_id=pointer.id,
+            garbage_collect_data=False,
+            point_to_attr=attr,
+            owner=pointer.owner,
+            route=pointer.route,
+        )
+    )
 
 
 def _set_attribute(target: Any, attr: str, value: Any) -> None:
@@ -430,12 +534,17 @@ def _set_attribute(target: Any, attr: str, value: Any) -> None:
     if type(value) is PointerTensor:
         if value.child.location is not pointer.location:
             raise TensorsNotCollocatedException(
-                f"setting .{attr}", repr(pointer), pointer.location.id, repr(value.child),
-                value.child.location.id)
+                f"setting .{attr}",
+                repr(pointer),
+                pointer.location.id,
+                repr(value.child),
+                value.child.location.id,
+            )
         wire_value: Any = value.child.ref
     elif isinstance(value, torch.Tensor):
-        raise TensorsNotCollocatedException(f"setting .{attr}", repr(pointer),
-                                            pointer.location.id, _local_label(value), "me")
+        raise TensorsNotCollocatedException(
+            f"setting .{attr}", repr(pointer), pointer.location.id, _local_label(value), "me"
+        )
     else:
         wire_value = value
     if pointer.route is not None:

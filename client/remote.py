@@ -28,8 +28,10 @@ def _check_worker(location: Any) -> Any:
     from client.workers import BaseWorker
 
     if not isinstance(location, BaseWorker):
-        raise TypeError(f"send() takes workers (sy.VirtualWorker or sy.FleetWorker), not "
-                        f"{type(location).__name__}: x.send(bob)")
+        raise TypeError(
+            f"send() takes workers (sy.VirtualWorker or sy.FleetWorker), not "
+            f"{type(location).__name__}: x.send(bob)"
+        )
     return location
 
 
@@ -41,7 +43,8 @@ def send_tensor(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
         from client.multipointer import MultiPointerTensor
 
         return MultiPointerTensor.from_children(
-            {_check_worker(w).id: send_tensor(tensor, [w]) for w in locations})
+            {_check_worker(w).id: send_tensor(tensor, [w]) for w in locations}
+        )
     location = _check_worker(locations[0])
     obj_id = new_id()
     location._enqueue([protocol.STORE, obj_id, codec.tensor_ext(tensor), None])
@@ -61,9 +64,14 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
         raise ValueError(f"{pointer!r} points at an attribute; send .clone() of it instead")
     _check_same_fleet(pointer.location, location)
     shape, dtype, requires_grad = pointer.meta
-    record = PointerRecord(pointer.location.id, pointer.id_at_location,
-                           pointer.garbage_collect_data, shape, codec.dtype_name(dtype),
-                           requires_grad)
+    record = PointerRecord(
+        pointer.location.id,
+        pointer.id_at_location,
+        pointer.garbage_collect_data,
+        shape,
+        codec.dtype_name(dtype),
+        requires_grad,
+    )
     location._enqueue([protocol.STORE, pointer.id, record, None])
     pointer.garbage_collect_data = False
     route = (location.id, *(pointer.route or (pointer.location.id,)))
@@ -82,8 +90,13 @@ def get_pointer(wrapper: PointerTensor) -> Any:
         # the data (PySyft returned it with garbage collection off, which leaked)
         location = pointer.location.session.worker(payload.location)
         route = pointer.route[1:] if pointer.route is not None and len(pointer.route) > 2 else None
-        return make_pointer(location, payload.id_at_location, pointer.meta,
-                            obj_id=pointer.id_at_location, route=route)
+        return make_pointer(
+            location,
+            payload.id_at_location,
+            pointer.meta,
+            obj_id=pointer.id_at_location,
+            route=route,
+        )
     return payload
 
 
@@ -98,7 +111,8 @@ def move_pointer(wrapper: PointerTensor, destination: Any) -> Any:
     _check_same_fleet(pointer.location, destination)
     pointer.location._request(
         [protocol.SEND_TO, pointer.id_at_location, destination.id, pointer.id_at_location, None],
-        f"move to {destination.id}")
+        f"move to {destination.id}",
+    )
     pointer.location = destination
     if pointer.route is not None:
         pointer.route = (destination.id, *pointer.route[1:])
@@ -118,4 +132,5 @@ def _check_same_fleet(source: Any, destination: Any) -> None:
         raise ValueError(
             f"{source.id} and {destination.id} are not in the same fleet (one is in-process, "
             "the other a fleet worker), so data cannot pass between them directly: .get() it "
-            "and .send() it instead.")
+            "and .send() it instead."
+        )

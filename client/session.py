@@ -30,8 +30,13 @@ DEFAULT_BATCH_SIZE = 1000
 class Session:
     """Request ids, per-worker command queues and reply routing for one transport."""
 
-    def __init__(self, transport: Transport, timeout: float, batch_size: int = DEFAULT_BATCH_SIZE,
-                 client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        timeout: float,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        client_id: str | None = None,
+    ) -> None:
         self.transport = transport
         self.timeout = timeout
         self.batch_size = batch_size
@@ -59,8 +64,12 @@ class Session:
         if self._queued >= self.batch_size:
             self.flush()
 
-    def enqueue_from_finalizer(self, worker_id: str, command: list[Any] | tuple[Any, ...],
-                               route: tuple[str, ...] | None = None) -> None:
+    def enqueue_from_finalizer(
+        self,
+        worker_id: str,
+        command: list[Any] | tuple[Any, ...],
+        route: tuple[str, ...] | None = None,
+    ) -> None:
         """Queue a command from a finalizer: append only, never flush (no I/O in __del__)."""
         queue = self._queues.get(worker_id)
         if queue is None:
@@ -84,8 +93,11 @@ class Session:
             popleft = queue.popleft
             while queue:
                 commands.append(popleft())
-            body = codec.encode_marked(protocol.envelope(next(self._batches), self.client_id,
-                                                  self.transport.reply_address, commands))
+            body = codec.encode_marked(
+                protocol.envelope(
+                    next(self._batches), self.client_id, self.transport.reply_address, commands
+                )
+            )
             # drop the emptied queue so flush order follows the next first command
             if not queue:
                 self._queues.pop(worker_id, None)

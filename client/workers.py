@@ -28,12 +28,17 @@ class StoredPointer:
         self.garbage_collect_data = record.owns
 
     def __repr__(self) -> str:
-        return (f"(Wrapper)>[PointerTensor | {self.holder}:{self.key} -> "
-                f"{self.location}:{self.id_at_location}]")
+        return (
+            f"(Wrapper)>[PointerTensor | {self.holder}:{self.key} -> "
+            f"{self.location}:{self.id_at_location}]"
+        )
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, StoredPointer) and other.location == self.location
-                and other.id_at_location == self.id_at_location)
+        return (
+            isinstance(other, StoredPointer)
+            and other.location == self.location
+            and other.id_at_location == self.id_at_location
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -51,14 +56,17 @@ class BaseWorker:
         if existing is not None:
             raise RuntimeError(
                 f"A {type(existing).__name__} with id {id!r} already exists; a worker id names "
-                "one worker, so pick another id for this one.")
+                "one worker, so pick another id for this one."
+            )
         return super().__new__(cls)
 
     def __init__(self, hook: Any = None, id: str = "", **options: Any) -> None:
         if getattr(self, "session", None) is not None:
             return  # the same worker, created again by id
         if not isinstance(id, str) or not id:
-            raise ValueError("a worker needs a non-empty string id: sy.VirtualWorker(hook, id='bob')")
+            raise ValueError(
+                "a worker needs a non-empty string id: sy.VirtualWorker(hook, id='bob')"
+            )
         self.id = id
         self.hook = hook
         self.is_client_worker = bool(options.get("is_client_worker", False))
@@ -90,8 +98,10 @@ class BaseWorker:
     def _objects(self) -> dict[int, Any]:
         """Every object on the worker, fetched now: ``{id: tensor or stored pointer}``."""
         objects = self._request([protocol.OBJECTS, None], "_objects")
-        return {key: StoredPointer(self.id, key, value) if isinstance(value, PointerRecord)
-                else value for key, value in objects.items()}
+        return {
+            key: StoredPointer(self.id, key, value) if isinstance(value, PointerRecord) else value
+            for key, value in objects.items()
+        }
 
     def object_count(self) -> int:
         """How many objects the worker holds."""
@@ -158,8 +168,9 @@ class FleetWorker(BaseWorker):
                 from client.fleet import get_fleet_transport
 
                 settings = get_settings()
-                session = Session(get_fleet_transport(), timeout=settings.timeout,
-                                  batch_size=settings.batch_size)
+                session = Session(
+                    get_fleet_transport(), timeout=settings.timeout, batch_size=settings.batch_size
+                )
                 session.worker_factory = lambda worker_id: FleetWorker(None, id=worker_id)
                 _fleet_session = session
             return _fleet_session

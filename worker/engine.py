@@ -22,9 +22,9 @@ import torch
 
 from broker import codec, protocol
 from broker.errors import (
+    ForbiddenOperationError,
     InvalidTensorForRemoteGet,
     MalformedMessageError,
-    ForbiddenOperationError,
     ObjectNotFoundError,
     TensorsNotCollocatedException,
     UnknownCommandError,
@@ -82,8 +82,12 @@ Hook = tuple[Callable[[str, int], None], Callable[[str, int, float], None]]
 class Engine:
     """Executes TensorFleet commands for one worker id."""
 
-    def __init__(self, worker_id: str, store: ObjectStore | None = None,
-                 allowlist: Allowlist = DEFAULT_ALLOWLIST) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        store: ObjectStore | None = None,
+        allowlist: Allowlist = DEFAULT_ALLOWLIST,
+    ) -> None:
         self.worker_id = worker_id
         self.store = store if store is not None else ObjectStore(worker_id)
         self.allowlist = allowlist
@@ -123,10 +127,19 @@ class Engine:
         outgoing: list[Outgoing] = []
         for destination, forwarded in self._forwards.items():
             forward_batch = derive_id(batch, f"{self.worker_id}>{destination}:{sender}")
-            outgoing.append(("worker", destination, codec.encode(
-                protocol.envelope(forward_batch, self.worker_id, reply_to, forwarded))))
+            outgoing.append(
+                (
+                    "worker",
+                    destination,
+                    codec.encode(
+                        protocol.envelope(forward_batch, self.worker_id, reply_to, forwarded)
+                    ),
+                )
+            )
         if self._replies and reply_to is not None:
-            outgoing.append(("reply", reply_to, codec.encode(protocol.reply_envelope(self._replies))))
+            outgoing.append(
+                ("reply", reply_to, codec.encode(protocol.reply_envelope(self._replies)))
+            )
         self.store.commit(batch_key, outgoing)
         return HandleResult(outgoing, self._rejected, self._replies)
 
@@ -149,8 +162,9 @@ class Engine:
         if request is not None:
             self._replies.append([request, True, payload])
 
-    def _fail(self, request: int | None, result_ids: Iterable[int], error: BaseException,
-              command: str) -> None:
+    def _fail(
+        self, request: int | None, result_ids: Iterable[int], error: BaseException, command: str
+    ) -> None:
         """Report an error, and mark the results the command would have made as failed."""
         wire = error.error if isinstance(error, _StoredFailure) else error_to_wire(error, command)
         for result_id in result_ids:
@@ -214,12 +228,20 @@ class Engine:
             obj = self._lookup(value.id)
             if not isinstance(obj, PointerRecord):
                 raise TensorsNotCollocatedException(
-                    "an operation", f"object {value.id}", self.worker_id,
-                    "a pointer's target", location)
+                    "an operation",
+                    f"object {value.id}",
+                    self.worker_id,
+                    "a pointer's target",
+                    location,
+                )
             if obj.location != location:
                 raise TensorsNotCollocatedException(
-                    "an operation", f"object {obj.id_at_location}", obj.location,
-                    "another pointer's target", location)
+                    "an operation",
+                    f"object {obj.id_at_location}",
+                    obj.location,
+                    "another pointer's target",
+                    location,
+                )
             return Ref(obj.id_at_location, value.attr)
         if type(value) is list or type(value) is tuple:
             return type(value)(self._rewrite_for_forward(item, location) for item in value)
@@ -230,14 +252,25 @@ class Engine:
     # ------------------------------------------------------------------ commands
     def _store(self, obj_id: int, obj: Any, request: int | None) -> None:
         if not isinstance(obj, torch.Tensor | PointerRecord):
-            self._fail(request, (), MalformedMessageError("store takes a tensor or a pointer"),
-                       protocol.STORE)
+            self._fail(
+                request,
+                (),
+                MalformedMessageError("store takes a tensor or a pointer"),
+                protocol.STORE,
+            )
             return
         self.store.put(obj_id, obj)
         self._reply(request, True)
 
-    def _op(self, name: str, args: list[Any], kwargs: dict[str, Any], result_ids: list[int],
-            grad_enabled: bool, request: int | None) -> None:
+    def _op(
+        self,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        result_ids: list[int],
+        grad_enabled: bool,
+        request: int | None,
+    ) -> None:
         func = self._allowed.get(name) if type(name) is str else None
         if func is None:
             error = ForbiddenOperationError(str(name), self.worker_id)
@@ -246,12 +279,15 @@ class Engine:
             return
         try:
             try:
-                call_args = [self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg)
-                             for arg in args]
+                call_args = [
+                    self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg)
+                    for arg in args
+                ]
                 call_kwargs = self._resolve(kwargs) if kwargs else {}
             except _Forward as forward:
-                self._forward_op(name, args, kwargs, result_ids, grad_enabled, request,
-                                 forward.location)
+                self._forward_op(
+                    name, args, kwargs, result_ids, grad_enabled, request, forward.location
+                )
                 return
             if bool(grad_enabled) == torch.is_grad_enabled():
                 result = func(*call_args, **call_kwargs)
@@ -278,23 +314,37 @@ class Engine:
                         self.store.touch(obj_id)
             return
         outputs = [result] if isinstance(result, torch.Tensor) else result
-        if not isinstance(outputs, list | tuple) or len(outputs) != len(result_ids) or not all(
-                isinstance(output, torch.Tensor) for output in outputs):
-            raise TypeError(f"{name} returned {type(result).__name__}, not "
-                            f"{len(result_ids)} tensor(s); call .get() to read values")
+        if (
+            not isinstance(outputs, list | tuple)
+            or len(outputs) != len(result_ids)
+            or not all(isinstance(output, torch.Tensor) for output in outputs)
+        ):
+            raise TypeError(
+                f"{name} returned {type(result).__name__}, not "
+                f"{len(result_ids)} tensor(s); call .get() to read values"
+            )
         for result_id, output in zip(result_ids, outputs, strict=True):
             self.store.put(result_id, output)
 
-    def _forward_op(self, name: str, args: list[Any], kwargs: dict[str, Any],
-                    result_ids: list[int], grad_enabled: bool, request: int | None,
-                    location: str) -> None:
+    def _forward_op(
+        self,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        result_ids: list[int],
+        grad_enabled: bool,
+        request: int | None,
+        location: str,
+    ) -> None:
         forwarded_args = self._rewrite_for_forward(args, location)
         forwarded_kwargs = self._rewrite_for_forward(kwargs, location) if kwargs else {}
         next_ids = [derive_id(result_id, self.worker_id) for result_id in result_ids]
         for result_id, next_id in zip(result_ids, next_ids, strict=True):
             self.store.put(result_id, PointerRecord(location, next_id, True, (), "", False))
-        self._forward(location, [protocol.OP, name, forwarded_args, forwarded_kwargs, next_ids,
-                                 grad_enabled, request])
+        self._forward(
+            location,
+            [protocol.OP, name, forwarded_args, forwarded_kwargs, next_ids, grad_enabled, request],
+        )
 
     def _get(self, ref: Any, request: int | None) -> None:
         try:
@@ -302,8 +352,9 @@ class Engine:
                 raise MalformedMessageError("get takes a reference")
             obj = self._lookup(ref.id)
             if isinstance(obj, PointerRecord) and ref.attr is not None:
-                self._forward(obj.location, [protocol.GET, Ref(obj.id_at_location, ref.attr),
-                                             request])
+                self._forward(
+                    obj.location, [protocol.GET, Ref(obj.id_at_location, ref.attr), request]
+                )
                 return
             value = self._resolve_ref(ref) if ref.attr else obj
             if ref.attr is None:
@@ -326,9 +377,15 @@ class Engine:
                 raise MalformedMessageError(f"cannot set attribute {attr!r}")
             target = self._lookup(ref.id)
             if isinstance(target, PointerRecord):
-                self._forward(target.location, [
-                    protocol.SETATTR, Ref(target.id_at_location, ref.attr), attr,
-                    self._rewrite_for_forward(value, target.location)])
+                self._forward(
+                    target.location,
+                    [
+                        protocol.SETATTR,
+                        Ref(target.id_at_location, ref.attr),
+                        attr,
+                        self._rewrite_for_forward(value, target.location),
+                    ],
+                )
                 return
             if ref.attr is not None:
                 target = self._resolve_ref(ref)
@@ -337,8 +394,9 @@ class Engine:
         except Exception as error:
             self._fail(None, (), error, command)
 
-    def _send_to(self, obj_id: int, destination: str, destination_id: int,
-                 request: int | None) -> None:
+    def _send_to(
+        self, obj_id: int, destination: str, destination_id: int, request: int | None
+    ) -> None:
         try:
             obj = self._lookup(obj_id)
         except Exception as error:
@@ -351,14 +409,16 @@ class Engine:
         try:
             obj = self._lookup(obj_id)
             if not isinstance(obj, PointerRecord):
-                raise InvalidTensorForRemoteGet(f"the pointer to {self.worker_id}:{obj_id}",
-                                                self.worker_id)
+                raise InvalidTensorForRemoteGet(
+                    f"the pointer to {self.worker_id}:{obj_id}", self.worker_id
+                )
         except Exception as error:
             self._fail(request, (), error, protocol.REMOTE_GET)
             return
         # the data comes back as a store under the same id, replacing the pointer
-        self._forward(obj.location,
-                      [protocol.SEND_TO, obj.id_at_location, self.worker_id, obj_id, request])
+        self._forward(
+            obj.location, [protocol.SEND_TO, obj.id_at_location, self.worker_id, obj_id, request]
+        )
 
     def _plan(self, plan_id: int, data: Any, request: int | None) -> None:
         """Keep a plan: its ops are checked against the allowlist now, before it can run."""
@@ -373,8 +433,14 @@ class Engine:
         self.store.put(plan_id, plan)
         self._reply(request, True)
 
-    def _run_plan(self, plan_id: int, args: list[Any], result_ids: list[int], grad_enabled: bool,
-                  request: int | None) -> None:
+    def _run_plan(
+        self,
+        plan_id: int,
+        args: list[Any],
+        result_ids: list[int],
+        grad_enabled: bool,
+        request: int | None,
+    ) -> None:
         """Run a stored plan on stored inputs: one command however many ops the plan has."""
         from worker.plans import StoredPlan, run_plan
 
@@ -386,12 +452,19 @@ class Engine:
             inputs = self._resolve(args)
             with torch.set_grad_enabled(bool(grad_enabled)):
                 outputs = run_plan(plan, inputs)
-            self._keep_results("run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0],
-                               result_ids, args)
+            self._keep_results(
+                "run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0], result_ids, args
+            )
         except _Forward:
-            self._fail(request, result_ids, RuntimeError(
-                "a plan runs where its inputs are: send the plan to the worker that holds the "
-                "data (pointers to pointers cannot be plan inputs)"), command)
+            self._fail(
+                request,
+                result_ids,
+                RuntimeError(
+                    "a plan runs where its inputs are: send the plan to the worker that holds the "
+                    "data (pointers to pointers cannot be plan inputs)"
+                ),
+                command,
+            )
             return
         except Exception as error:
             self._fail(request, result_ids, error, command)
@@ -400,8 +473,13 @@ class Engine:
             self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])
 
     def _objects(self, request: int | None) -> None:
-        self._reply(request, {key: obj if isinstance(obj, torch.Tensor | PointerRecord)
-                              else repr(obj) for key, obj in self.store.objects.items()})
+        self._reply(
+            request,
+            {
+                key: obj if isinstance(obj, torch.Tensor | PointerRecord) else repr(obj)
+                for key, obj in self.store.objects.items()
+            },
+        )
 
     def _count(self, request: int | None) -> None:
         self._reply(request, len(self.store.objects))
