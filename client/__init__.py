@@ -21,6 +21,7 @@ from client import federated  # federated learning: FederatedDataset/Loader, Opt
 from client.federated import FederatedDataLoader, FederatedDataset
 from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor
+from client.plan import Plan, func2plan  # Plans (issue 5)
 from client.pointer import PointerTensor
 from client.workers import BaseWorker, FleetWorker, VirtualWorker
 
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidTensorForRemoteGet",
     "MultiPointerTensor",
     "ObjectNotFoundError",
+    "Plan",
     "PlanNotBuiltError",
     "PointerTensor",
     "TensorFleetError",
@@ -46,5 +48,6 @@ __all__ = [
     "VirtualWorker",
     "WorkerUnavailableError",
     "federated",
+    "func2plan",
     "local_worker",
 ]

@@ -47,8 +47,14 @@ class _Op:
 
     __slots__ = ("args", "flat", "func", "kwargs", "name", "outs")
 
-    def __init__(self, name: str, func: Callable[..., Any], args: list[Any],
-                 kwargs: dict[str, Any], outs: list[int | None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        outs: list[int | None],
+    ) -> None:
         self.name = name
         self.func = func
         self.args = args
@@ -56,16 +62,23 @@ class _Op:
         self.outs = outs
         #: (position, slot) of top-level slot arguments when nothing deeper holds one
         self.flat: list[tuple[int, int]] | None = None
-        if not kwargs or not _has_slot(kwargs):
-            if not any(_has_slot(arg) for arg in args if type(arg) is not Slot):
-                self.flat = [(i, arg.index) for i, arg in enumerate(args) if type(arg) is Slot]
+        nested = any(_has_slot(arg) for arg in args if type(arg) is not Slot)
+        if not nested and not _has_slot(kwargs):
+            self.flat = [(i, arg.index) for i, arg in enumerate(args) if type(arg) is Slot]
 
 
 class StoredPlan:
     """A plan a worker keeps: ``wire`` is the data it arrived as (what Redis persists)."""
 
-    def __init__(self, wire: Any, name: str, inputs: int, state: list[torch.Tensor],
-                 ops: list[_Op], outputs: list[int]) -> None:
+    def __init__(
+        self,
+        wire: Any,
+        name: str,
+        inputs: int,
+        state: list[torch.Tensor],
+        ops: list[_Op],
+        outputs: list[int],
+    ) -> None:
         self.wire = wire
         self.name = name
         self.inputs = inputs
@@ -74,16 +87,20 @@ class StoredPlan:
         self.outputs = outputs
         #: an op writes into a tensor in place, possibly an input: the caller should treat
         #: the inputs as changed (write-through to a persistent store)
-        self.mutates_inputs = any(is_inplace(op.name) or op.name == "Tensor.__setitem__"
-                                  or "out" in op.kwargs for op in ops)
+        self.mutates_inputs = any(
+            is_inplace(op.name) or op.name == "Tensor.__setitem__" or "out" in op.kwargs
+            for op in ops
+        )
 
     def __repr__(self) -> str:
         names = ", ".join(dict.fromkeys(op.name.rpartition(".")[2] for op in self.ops))
         if len(names) > 60:
             names = names[:57] + "..."
         plural = "" if len(self.state) == 1 else "s"
-        return (f"<Plan {self.name}: {self.inputs} input(s), {len(self.state)} state "
-                f"tensor{plural}, {len(self.ops)} ops ({names}), {len(self.outputs)} output(s)>")
+        return (
+            f"<Plan {self.name}: {self.inputs} input(s), {len(self.state)} state "
+            f"tensor{plural}, {len(self.ops)} ops ({names}), {len(self.outputs)} output(s)>"
+        )
 
 
 def _has_slot(value: Any) -> bool:
@@ -106,8 +123,10 @@ def _check_value(value: Any, defined: int, where: str) -> None:
     kind = type(value)
     if kind is Slot:
         if value.index >= defined:
-            raise _malformed(f"{where} reads slot {value.index}, which is not defined yet "
-                             f"(slots 0..{defined - 1} are)")
+            raise _malformed(
+                f"{where} reads slot {value.index}, which is not defined yet "
+                f"(slots 0..{defined - 1} are)"
+            )
     elif kind is list or kind is tuple:
         for item in value:
             _check_value(item, defined, where)
@@ -137,8 +156,9 @@ def decode_plan(data: Any, allowlist: Allowlist, worker_id: str) -> StoredPlan:
     if not isinstance(data, dict):
         raise _malformed("plan data is not a map")
     if set(data) != _KEYS:
-        raise _malformed(f"plan data needs exactly the keys {sorted(_KEYS)}, "
-                         f"not {sorted(map(str, data))}")
+        raise _malformed(
+            f"plan data needs exactly the keys {sorted(_KEYS)}, not {sorted(map(str, data))}"
+        )
     if data["version"] != PLAN_VERSION:
         raise _malformed(f"unsupported plan version {data['version']!r}")
     name, inputs, state = data["name"], data["inputs"], data["state"]
@@ -197,12 +217,15 @@ def _bind(value: Any, slots: list[Any]) -> Any:
 def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
     """Run ``plan`` on ``inputs`` (tensors); returns its output tensors."""
     if len(inputs) != plan.inputs:
-        raise TypeError(f"the plan {plan.name} takes {plan.inputs} tensor(s), "
-                        f"{len(inputs)} were given")
+        raise TypeError(
+            f"the plan {plan.name} takes {plan.inputs} tensor(s), {len(inputs)} were given"
+        )
     for position, value in enumerate(inputs):
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"input {position} of the plan {plan.name} is a "
-                            f"{type(value).__name__}, not a tensor")
+            raise TypeError(
+                f"input {position} of the plan {plan.name} is a "
+                f"{type(value).__name__}, not a tensor"
+            )
     slots: list[Any] = [*inputs, *plan.state]
     for op in plan.ops:
         if op.flat is not None:
@@ -220,11 +243,14 @@ def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
         elif isinstance(result, list | tuple):
             results = result
         else:
-            raise TypeError(f"{op.name} in the plan {plan.name} returned "
-                            f"{type(result).__name__}, not tensors")
+            raise TypeError(
+                f"{op.name} in the plan {plan.name} returned {type(result).__name__}, not tensors"
+            )
         if len(results) != len(outs):
-            raise TypeError(f"{op.name} in the plan {plan.name} returned {len(results)} "
-                            f"value(s), the plan expects {len(outs)}")
+            raise TypeError(
+                f"{op.name} in the plan {plan.name} returned {len(results)} "
+                f"value(s), the plan expects {len(outs)}"
+            )
         for out, value in zip(outs, results, strict=True):
             if out is not None:
                 slots.append(value)
