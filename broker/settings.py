@@ -16,6 +16,8 @@ Variables and defaults:
   travel in chunks (RabbitMQ refuses messages above 128 MiB).
 - ``TENSORFLEET_MAX_OBJECT_BYTES`` = ``8589934592`` (8 GiB): largest reassembled message.
 - ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
+- ``TENSORFLEET_FLUSH_INTERVAL`` = ``0.005``: seconds pipelined commands may wait for more
+  company before a fleet client sends them anyway (a synchronising call sends at once).
 - ``TENSORFLEET_PREFETCH`` = ``16``: messages a worker takes from its queue ahead of time.
 - ``TENSORFLEET_BATCH_TTL`` = ``3600``: seconds a worker remembers an applied batch (to replay
   its replies on redelivery) and keeps the parts of a chunked message.
@@ -54,6 +56,7 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     max_object_bytes: int = 8 * 1024 * 1024 * 1024
     batch_size: int = 1000
+    flush_interval: float = 0.005
     prefetch: int = 16
     batch_ttl: int = 3600
     connect_retries: int = 5
@@ -82,6 +85,8 @@ class Settings:
             max_object_bytes=_integer(raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES",
                                       defaults.max_object_bytes, minimum=1024),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
+            flush_interval=_number(raw("FLUSH_INTERVAL"), "FLUSH_INTERVAL",
+                                   defaults.flush_interval),
             prefetch=_integer(raw("PREFETCH"), "PREFETCH", defaults.prefetch, minimum=1,
                               maximum=65535),
             batch_ttl=_integer(raw("BATCH_TTL"), "BATCH_TTL", defaults.batch_ttl, minimum=1),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class Session:
         timeout: float,
         batch_size: int = DEFAULT_BATCH_SIZE,
         client_id: str | None = None,
+        flush_interval: float | None = None,
     ) -> None:
         self.transport = transport
         self.timeout = timeout
@@ -52,6 +54,12 @@ class Session:
         #: worker id -> client-side handle, so pointers that arrive by id find their worker
         self.workers: dict[str, Any] = {}
         self.worker_factory: Callable[[str], Any] | None = None
+        #: one flush at a time: the periodic flusher and the user's thread both flush
+        self._flush_lock = threading.RLock()
+        self._flush_interval = flush_interval
+        if flush_interval is not None:
+            threading.Thread(target=self._flush_periodically, name="tensorfleet-flush",
+                             daemon=True).start()
 
     # ------------------------------------------------------------------ queueing
     def enqueue(self, worker_id: str, command: list[Any] | tuple[Any, ...]) -> None:
@@ -84,6 +92,21 @@ class Session:
 
     def flush(self) -> None:
         """Send every queued command, one message per worker."""
+        with self._flush_lock:
+            self._flush_locked()
+
+    def _flush_periodically(self) -> None:
+        """Send commands that waited ``flush_interval`` seconds, so idle pipelines still run."""
+        assert self._flush_interval is not None
+        stop = threading.Event()
+        while not stop.wait(self._flush_interval):
+            if any(self._queues.values()):
+                try:
+                    self.flush()
+                except Exception:  # the next synchronising call reports a broken transport
+                    stop.wait(1.0)
+
+    def _flush_locked(self) -> None:
         self._queued = 0
         for worker_id in list(self._queues):
             queue = self._queues.get(worker_id)

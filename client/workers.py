@@ -169,7 +169,10 @@ class FleetWorker(BaseWorker):
 
                 settings = get_settings()
                 session = Session(
-                    get_fleet_transport(), timeout=settings.timeout, batch_size=settings.batch_size
+                    get_fleet_transport(),
+                    timeout=settings.timeout,
+                    batch_size=settings.batch_size,
+                    flush_interval=settings.flush_interval,
                 )
                 session.worker_factory = lambda worker_id: FleetWorker(None, id=worker_id)
                 _fleet_session = session
