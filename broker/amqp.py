@@ -31,6 +31,9 @@ from broker.errors import MalformedMessageError, MessageTooLargeError
 TASK_NAME = "tensorfleet.execute"
 #: Header of a reply message that is one part of a bigger reply.
 CHUNK_HEADER = "x-tensorfleet-chunk"
+#: Task-message header saying a worker (not a client) sent it; Celery hands it to the
+#: task as ``request.tensorfleet_forward``.
+FORWARD_HEADER = "tensorfleet_forward"
 #: Task messages are persistent (they survive a broker restart); replies are not.
 PERSISTENT = 2
 TRANSIENT = 1
@@ -87,14 +90,14 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def task_message(body: Buffer, task_id: str, origin: str,
-                 chunk: Chunk | None = None) -> tuple[dict[str, Any], bytes]:
+def task_message(body: Buffer, task_id: str, origin: str, chunk: Chunk | None = None,
+                 forward: bool = False) -> tuple[dict[str, Any], bytes]:
     """Headers and msgpack payload of a Celery protocol-v2 ``tensorfleet.execute`` message.
 
     ``ignore_result`` is set: TensorFleet senders read replies from their own
     reply queue, so the worker publishes them itself and no result backend is
     involved. (A plain Celery caller leaves it unset and gets the reply as the
-    task's result.)
+    task's result.) ``forward`` marks a message one worker sends another.
     """
     headers = {
         "lang": "py",
@@ -114,6 +117,8 @@ def task_message(body: Buffer, task_id: str, origin: str,
         "origin": origin,
         "ignore_result": True,
     }
+    if forward:
+        headers[FORWARD_HEADER] = True
     kwargs = {} if chunk is None else {"chunk": chunk.to_wire()}
     payload = msgpack.packb([[body], kwargs, _EMBED], use_bin_type=True)
     return headers, payload

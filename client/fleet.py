@@ -178,8 +178,12 @@ class FleetTransport:
         self._drain()
 
     def _disconnect(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, channel = self._connection, self._channel
+        self._connection, self._channel = None, None
         self._wake_pending = False
+        if self._closing and channel is not None and channel.is_open:
+            with contextlib.suppress(*_BROKER_ERRORS):  # nobody will read it any more
+                channel.queue_delete(self.reply_address)
         if connection is not None and connection.is_open:
             with contextlib.suppress(*_BROKER_ERRORS):
                 connection.close()

@@ -40,6 +40,7 @@ from kombu import Exchange, Queue
 from broker import codec, protocol, topology
 from broker.amqp import (
     CHUNK_HEADER,
+    FORWARD_HEADER,
     PERSISTENT,
     TASK_NAME,
     TRANSIENT,
@@ -137,7 +138,8 @@ class FleetRuntime:
                     queue = self.worker_queue(address)
                     for chunk, part in split(body, limit):
                         task_id = new_task_id()
-                        headers, payload = task_message(part, task_id, self.worker_id, chunk)
+                        headers, payload = task_message(part, task_id, self.worker_id, chunk,
+                                                        forward=True)
                         producer.publish(payload, exchange="", routing_key=queue.name,
                                          headers=headers, correlation_id=task_id,
                                          delivery_mode=PERSISTENT, declare=[queue], retry=True,
@@ -243,6 +245,10 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
                 return None
             transfer, body = part.transfer, b"".join(parts)
             del parts
+        request = self.request
+        runtime.store.first_delivery = not (
+            getattr(request, FORWARD_HEADER, False) or chunk is not None
+            or (request.delivery_info or {}).get("redelivered", True))
         try:
             result = runtime.engine.handle(body)
         except MalformedMessageError as error:

@@ -84,6 +84,9 @@ class RedisObjectStore(ObjectStore):
         self._cleared = False
         #: what Redis holds per id: b"o" (objects hash), b"L" (objects hash + parts), b"f"
         self._persisted: dict[int, bytes] = {}
+        #: set by the caller for a message delivered for the first time straight from a
+        #: client: it cannot have been applied before, so :meth:`replay` skips Redis
+        self.first_delivery = False
 
     # -- mutations: note the id, then do what the in-memory store does --------------------
     def put(self, obj_id: int, obj: Any) -> None:
@@ -114,6 +117,8 @@ class RedisObjectStore(ObjectStore):
     # -- one message at a time -------------------------------------------------------------
     def replay(self, batch_key: str) -> list[Outgoing] | None:
         """The outgoing messages of ``batch_key`` if it was applied already, else None."""
+        if self.first_delivery:
+            return None
         data = self._call(self.redis.get, keys.batch(self.namespace, self.worker_id, batch_key))
         if data is None:
             return None
@@ -121,7 +126,13 @@ class RedisObjectStore(ObjectStore):
                 for kind, address, body in msgpack.unpackb(data, raw=False)]
 
     def commit(self, batch_key: str, outgoing: list[Outgoing]) -> None:
-        """Write what changed and the batch marker in one MULTI/EXEC transaction."""
+        """Write what changed and the batch marker in one MULTI/EXEC transaction.
+
+        A message that changed nothing writes nothing: running it again (after a
+        redelivery) gives the same outgoing messages, so it needs no marker.
+        """
+        if not self._dirty and not self._cleared:
+            return
         pipe = self.redis.pipeline(transaction=True)
         persisted = dict(self._persisted)
         if self._cleared:
