@@ -14,6 +14,7 @@ a worker (me -> bob -> alice -> bob) cannot deadlock.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +76,34 @@ def derive_id(obj_id: int, worker_id: str) -> int:
     return int.from_bytes(digest, "little") % 100_000_000_000
 
 
-#: (before, after) callables around every message, for metrics and tracing
-Hook = tuple[Callable[[str, int], None], Callable[[str, int, float], None]]
+class Middleware:
+    """Hooks around every message, as before/after pairs (dramatiq's middleware shape).
+
+    They belong to the engine, not to Celery signals, so an in-process worker has
+    them too. Subclass and override what you need; a hook must not raise.
+    """
+
+    def before_message(self, worker_id: str, commands: int) -> None:
+        """Called when a message's commands are about to run."""
+
+    def after_message(self, worker_id: str, commands: int, seconds: float, errors: int) -> None:
+        """Called when they have run: how long it took and how many failed."""
+
+
+class MessageStats(Middleware):
+    """Counts messages, commands, errors and busy time: the engine's built-in metrics."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.commands = 0
+        self.errors = 0
+        self.seconds = 0.0
+
+    def after_message(self, worker_id: str, commands: int, seconds: float, errors: int) -> None:
+        self.messages += 1
+        self.commands += commands
+        self.errors += errors
+        self.seconds += seconds
 
 
 class Engine:
@@ -87,11 +114,14 @@ class Engine:
         worker_id: str,
         store: ObjectStore | None = None,
         allowlist: Allowlist = DEFAULT_ALLOWLIST,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         self.worker_id = worker_id
         self.store = store if store is not None else ObjectStore(worker_id)
         self.allowlist = allowlist
         self._allowed = allowlist.table
+        self.stats = MessageStats()
+        self.middleware: list[Middleware] = [self.stats, *middleware]
         self._handlers: dict[str, Callable[..., None]] = {
             protocol.STORE: self._store,
             protocol.OP: self._op,
@@ -122,8 +152,15 @@ class Engine:
         if replayed is not None:
             return HandleResult(replayed)
         self._replies, self._forwards, self._rejected = [], {}, None
+        for middleware in self.middleware:
+            middleware.before_message(self.worker_id, len(commands))
+        started = time.perf_counter()
         for command in commands:
             self._run(command)
+        elapsed = time.perf_counter() - started
+        errors = sum(1 for reply in self._replies if not reply[1])
+        for middleware in self.middleware:
+            middleware.after_message(self.worker_id, len(commands), elapsed, errors)
         outgoing: list[Outgoing] = []
         for destination, forwarded in self._forwards.items():
             forward_batch = derive_id(batch, f"{self.worker_id}>{destination}:{sender}")
