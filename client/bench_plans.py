@@ -1,0 +1,191 @@
+"""Plans benchmark: a plan of 50 ops called 100 times, beside the same 50 ops one by one.
+
+Both sides run the same function on the same pointers; the plan sends one
+``run_plan`` command per call, the op-by-op side one ``op`` command per op. Rows
+give µs per call (pipelined, and with a ``.get()`` each call), and the commands,
+messages and bytes the client sends per call, counted in an untimed pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from broker import codec
+from broker.errors import WorkerUnavailableError
+from client.bench import Row, per_call_us
+
+OPS = 50
+CALLS = 100
+SIZE = 16
+
+
+def fifty_ops(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """50 elementwise ops: 25 multiplications and 25 additions (stays finite for |y| < 1)."""
+    z = x
+    for _ in range(OPS // 2):
+        z = z * y
+        z = z + 1.0
+    return z
+
+
+@contextlib.contextmanager
+def _counting(worker: Any, counts: dict[str, float]) -> Iterator[None]:
+    """Count the messages, commands and bytes the client publishes while inside."""
+    transport = worker.session.transport
+    publish = transport.publish
+
+    def counting_publish(worker_id: str, body: bytes) -> None:
+        counts["messages"] += 1
+        counts["bytes"] += len(body)
+        counts["commands"] += len(codec.decode(body)["commands"])
+        publish(worker_id, body)
+
+    setattr(transport, "publish", counting_publish)  # noqa: B010  # on this instance only
+    try:
+        yield
+    finally:
+        delattr(transport, "publish")  # back to the class's method
+
+
+def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
+    from client.plan import func2plan
+
+    worker.clear_objects()
+    plan = func2plan(args_shape=[(SIZE,), (SIZE,)])(fifty_ops)
+    assert len(plan.trace.ops) == OPS
+    pointer_plan = plan.send(worker)
+    x = torch.linspace(-1, 1, SIZE).send(worker)
+    y = torch.full((SIZE,), 0.5).send(worker)
+    expected = fifty_ops(torch.linspace(-1, 1, SIZE), torch.full((SIZE,), 0.5))
+
+    def with_plan() -> Any:
+        return pointer_plan(x, y)
+
+    def one_by_one() -> Any:
+        return fifty_ops(x, y)
+
+    def pipelined(call: Callable[[], Any]) -> Callable[[], None]:
+        def loop() -> None:
+            result = None
+            for _ in range(CALLS):
+                result = call()
+            assert result is not None
+            result.get()  # one synchronising call at the end: every call has run
+
+        return loop
+
+    def synchronous(call: Callable[[], Any]) -> Callable[[], None]:
+        def loop() -> None:
+            for _ in range(CALLS):
+                call().get()
+
+        return loop
+
+    local_x, local_y = torch.linspace(-1, 1, SIZE), torch.full((SIZE,), 0.5)
+    local = per_call_us(lambda: fifty_ops(local_x, local_y), CALLS, 1 if quick else 3)
+    assert torch.allclose(with_plan().get(), expected)
+    assert torch.allclose(one_by_one().get(), expected)
+    repeats = 1 if quick else 3
+    timings = {}
+    for name, call in (("plan", with_plan), ("ops", one_by_one)):
+        timings[name, "pipelined"] = per_call_us(pipelined(call), 1, repeats) / CALLS
+        timings[name, "sync"] = per_call_us(synchronous(call), 1, repeats) / CALLS
+    counts: dict[str, dict[str, float]] = {}
+    for name, call in (("plan", with_plan), ("ops", one_by_one)):
+        worker.synchronize()
+        counted = counts[name] = {"messages": 0.0, "commands": 0.0, "bytes": 0.0}
+        with _counting(worker, counted):
+            pipelined(call)()
+        for key in counted:
+            counted[key] /= CALLS
+    worker.clear_objects()
+    baseline = f"same {OPS} ops one by one"
+    return [
+        Row(
+            f"{label} plan of {OPS} ops, pipelined call",
+            timings["plan", "pipelined"],
+            "µs/call",
+            baseline,
+            timings["ops", "pipelined"],
+        ),
+        Row(
+            f"{label} plan of {OPS} ops, call + .get()",
+            timings["plan", "sync"],
+            "µs/call",
+            baseline,
+            timings["ops", "sync"],
+        ),
+        Row(
+            f"{label} plan: commands sent per call",
+            counts["plan"]["commands"],
+            "cmd/call",
+            baseline,
+            counts["ops"]["commands"],
+        ),
+        Row(
+            f"{label} plan: messages sent per call",
+            counts["plan"]["messages"],
+            "msg/call",
+            baseline,
+            counts["ops"]["messages"],
+        ),
+        Row(
+            f"{label} plan: bytes sent per call",
+            counts["plan"]["bytes"],
+            "B/call",
+            baseline,
+            counts["ops"]["bytes"],
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    """The plan rows on an in-process worker."""
+    import client as sy
+
+    hook = sy.TorchHook(torch)
+    return _rows(sy.VirtualWorker(hook, id="bench_plans"), quick, "in-process")
+
+
+@contextlib.contextmanager
+def fleet_worker(worker_id: str) -> Iterator[Any]:
+    """Fleet worker ``worker_id``; if none answers within 3 s, run one for the duration."""
+    import client as sy
+
+    worker = sy.FleetWorker(sy.TorchHook(torch), id=worker_id)
+    session = worker.session
+    timeout, session.timeout = session.timeout, 3.0
+    process = None
+    try:
+        try:
+            worker.synchronize()
+        except WorkerUnavailableError:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "client.cli", "worker", worker_id, "-l", "WARNING"],
+                stdout=subprocess.DEVNULL,
+            )
+            session.timeout = 120.0  # the ping waits in the durable queue until it starts
+            worker.synchronize()
+        session.timeout = timeout
+        yield worker
+    finally:
+        session.timeout = timeout
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_fleet(quick: bool) -> list[Row]:
+    """The plan rows on a fleet worker (RabbitMQ, Celery, Redis)."""
+    with fleet_worker("bench_plans") as worker:
+        return _rows(worker, quick, "fleet")
