@@ -55,13 +55,14 @@ def _counting(worker: Any, counts: dict[str, float]) -> Iterator[None]:
 
 def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
     from client.plan import func2plan
+    from client.remote import send_tensor
 
     worker.clear_objects()
     plan = func2plan(args_shape=[(SIZE,), (SIZE,)])(fifty_ops)
     assert len(plan.trace.ops) == OPS
     pointer_plan = plan.send(worker)
-    x = torch.linspace(-1, 1, SIZE).send(worker)
-    y = torch.full((SIZE,), 0.5).send(worker)
+    x = send_tensor(torch.linspace(-1, 1, SIZE), [worker])
+    y = send_tensor(torch.full((SIZE,), 0.5), [worker])
     expected = fifty_ops(torch.linspace(-1, 1, SIZE), torch.full((SIZE,), 0.5))
 
     def with_plan() -> Any:
@@ -115,6 +116,13 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             timings["ops", "pipelined"],
         ),
         Row(
+            f"{label} plan of {OPS} ops, pipelined call",
+            timings["plan", "pipelined"],
+            "µs/call",
+            "the function on local tensors",
+            local,
+        ),
+        Row(
             f"{label} plan of {OPS} ops, call + .get()",
             timings["plan", "sync"],
             "µs/call",
@@ -122,7 +130,7 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             timings["ops", "sync"],
         ),
         Row(
-            f"{label} plan: commands sent per call",
+            f"{label} plan: commands sent per call (+ deletes)",
             counts["plan"]["commands"],
             "cmd/call",
             baseline,
