@@ -28,6 +28,7 @@ on meta tensors (cached per input signature). When the last reference to a
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -527,6 +528,15 @@ class Plan(nn.Module):
         pointer = PointerPlan(built, {location.id: _RemotePlan(location, plan_id)})
         self._pointers[key] = pointer
         return pointer
+
+    def copy(self) -> Plan:
+        """A deep copy (own parameters, same build), not sent anywhere yet."""
+        sent = self._pointers, self._implicit
+        self._pointers, self._implicit = weakref.WeakValueDictionary(), {}
+        try:
+            return copy.deepcopy(self)
+        finally:
+            self._pointers, self._implicit = sent
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run locally on local tensors; on pointers, run where they are (one command)."""

@@ -348,3 +348,19 @@ def test_a_plan_that_read_shapes_refuses_other_shapes(bob: Any) -> None:
     assert torch.equal(pointer_plan(x).get(), torch.full((1, 2), 2.0))
     with pytest.raises(ValueError, match="specific to the shapes it was built with"):
         pointer_plan(torch.ones(3, 2).send(bob))
+
+
+def test_a_copied_plan_has_its_own_parameters_and_build() -> None:
+    torch.manual_seed(4)
+    net = Net()
+    net.build(torch.zeros(2))
+    twin = net.copy()
+    assert twin.is_built and twin.trace.state[0] is twin.fc1.weight
+    with torch.no_grad():
+        twin.fc1.weight.add_(1.0)
+    data = torch.tensor([1.0, 1.0])
+    assert not torch.allclose(twin(data), net(data))
+    (output,) = run_plan(
+        decode_plan(codec.decode(codec.encode(twin.trace.wire())), DEFAULT_ALLOWLIST, "bob"), [data]
+    )
+    assert torch.allclose(output, twin(data))
