@@ -1,0 +1,98 @@
+"""The AMQP message format: Celery task messages, chunking and reassembly (no server needed)."""
+
+from __future__ import annotations
+
+import os
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.amqp import (
+    FORWARD_HEADER,
+    TASK_NAME,
+    Chunk,
+    Reassembler,
+    pika_url,
+    safe_url,
+    split,
+    task_message,
+)
+from broker.errors import MalformedMessageError, MessageTooLargeError
+
+
+def test_task_message_is_celery_protocol_2() -> None:
+    headers, payload = task_message(b"envelope", "id-1", "client-1")
+    assert headers["task"] == TASK_NAME
+    assert headers["id"] == headers["root_id"] == "id-1"
+    assert headers["lang"] == "py"
+    assert headers["ignore_result"] is True
+    assert FORWARD_HEADER not in headers
+    args, kwargs, embed = msgpack.unpackb(payload, raw=False)
+    assert args == [b"envelope"] and kwargs == {}
+    assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+
+
+def test_chunked_task_message_carries_the_chunk_in_kwargs() -> None:
+    chunk = Chunk("t", 1, 3, 30, 10)
+    headers, payload = task_message(memoryview(b"0123456789"), "id", "w", chunk, forward=True)
+    args, kwargs, _ = msgpack.unpackb(payload, raw=False)
+    assert args == [b"0123456789"]
+    assert Chunk.from_wire(kwargs["chunk"]) == chunk
+    assert headers[FORWARD_HEADER] is True
+
+
+def test_a_small_body_is_one_unchunked_part() -> None:
+    parts = list(split(b"abc", 10))
+    assert [(chunk, bytes(part)) for chunk, part in parts] == [(None, b"abc")]
+
+
+@given(st.binary(min_size=0, max_size=300), st.integers(min_value=1, max_value=64))
+def test_split_then_reassemble_in_any_order_gives_the_body(body: bytes, limit: int) -> None:
+    parts = list(split(body, limit))
+    if len(body) <= limit:
+        assert len(parts) == 1 and parts[0][0] is None
+        return
+    assert all(len(part) <= limit for _, part in parts)
+    reassembler = Reassembler(max_bytes=1000)
+    results = [reassembler.add(chunk, bytes(part)) for chunk, part in reversed(parts)
+               if chunk is not None]
+    assert results[:-1] == [None] * (len(parts) - 1)
+    assert bytes(results[-1] or b"") == body
+    assert reassembler.pending() == 0
+
+
+def test_split_does_not_copy_the_body() -> None:
+    body = os.urandom(100)
+    parts = list(split(body, 30))
+    assert all(part.obj is body for _, part in parts)
+
+
+def test_reassembler_refuses_oversized_and_inconsistent_chunks() -> None:
+    with pytest.raises(MessageTooLargeError):
+        Reassembler(max_bytes=10).add(Chunk("t", 0, 2, 11, 0), b"x")
+    with pytest.raises(MalformedMessageError):
+        Reassembler(max_bytes=100).add(Chunk("t", 0, 2, 10, 8), b"xyz")
+
+
+@pytest.mark.parametrize("wire", [None, [], ["t", 0, 1, 10], ["t", 2, 2, 10, 0], [1, 0, 1, 1, 0],
+                                  ["t", 0, 1, 10, 11], ["x" * 65, 0, 1, 1, 0]])
+def test_bad_chunk_descriptions_are_malformed(wire: object) -> None:
+    with pytest.raises(MalformedMessageError):
+        Chunk.from_wire(wire)
+
+
+@pytest.mark.parametrize(("celery_url", "pika_form"), [
+    ("amqp://guest:guest@localhost:5672//", "amqp://guest:guest@localhost:5672/%2F"),
+    ("amqp://guest:guest@localhost:5672", "amqp://guest:guest@localhost:5672/%2F"),
+    ("amqp://u:p@h:1/prod", "amqp://u:p@h:1/prod"),
+    ("pyamqp://h//", "amqp://h/%2F"),
+])
+def test_broker_urls_mean_the_same_vhost_to_pika(celery_url: str, pika_form: str) -> None:
+    assert pika_url(celery_url) == pika_form
+
+
+def test_safe_url_hides_the_password() -> None:
+    assert safe_url("amqp://guest:secret@h:5672//") == "amqp://guest:***@h:5672//"
+    assert safe_url("amqp://h//") == "amqp://h//"

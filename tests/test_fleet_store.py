@@ -1,0 +1,165 @@
+"""RedisObjectStore against a real Redis: write-through per message, replay, restart."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+import torch
+
+from broker.protocol import PointerRecord
+from broker.settings import get_settings
+from worker import keys
+from worker.redis_store import RedisObjectStore, connect
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    client = connect(get_settings().redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(client: redis.Redis) -> Iterator[str]:
+    namespace = f"tftest-store-{uuid.uuid4().hex[:8]}"
+    yield namespace
+    found = list(client.scan_iter(match=keys.pattern(namespace)))
+    if found:
+        client.delete(*found)
+
+
+def new_store(client: redis.Redis, namespace: str, part_bytes: int = 1 << 20) -> RedisObjectStore:
+    return RedisObjectStore("bob", client, namespace, part_bytes=part_bytes, batch_ttl=60)
+
+
+def test_objects_survive_a_restart_with_grad_and_requires_grad(client: redis.Redis,
+                                                               namespace: str) -> None:
+    store = new_store(client, namespace)
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    (weight * 3).sum().backward()
+    store.put(1, weight)
+    store.put(2, torch.arange(4))
+    store.put(3, PointerRecord("alice", 9, True, (2,), "float32", False))
+    store.mark_failed(4, {"type": "RuntimeError", "message": "boom", "command": "op"})
+    store.commit("c:1", [])
+
+    restarted = new_store(client, namespace)
+    assert restarted.load() == 3
+    loaded = restarted.objects[1]
+    assert isinstance(loaded, torch.nn.Parameter) and loaded.requires_grad
+    assert torch.equal(loaded.data, weight.data) and torch.equal(loaded.grad, weight.grad)
+    assert torch.equal(restarted.objects[2], torch.arange(4))
+    assert restarted.objects[3] == PointerRecord("alice", 9, True, (2,), "float32", False)
+    assert restarted.failures[4]["message"] == "boom"
+
+
+def test_in_place_changes_are_written_when_touched(client: redis.Redis, namespace: str) -> None:
+    store = new_store(client, namespace)
+    tensor = torch.zeros(3)
+    store.put(1, tensor)
+    store.commit("c:1", [])
+    tensor.add_(5)
+    store.touch(1)
+    store.commit("c:2", [])
+    restarted = new_store(client, namespace)
+    restarted.load()
+    assert torch.equal(restarted.objects[1], torch.full((3,), 5.0))
+
+
+def test_created_and_deleted_in_one_message_is_never_written(client: redis.Redis,
+                                                             namespace: str) -> None:
+    store = new_store(client, namespace)
+    store.put(1, torch.ones(2))
+    store.pop(1)
+    store.put(2, torch.ones(2))
+    store.discard(2)
+    store.commit("c:1", [])
+    assert client.hlen(keys.objects(namespace, "bob")) == 0
+    assert not client.exists(keys.tensor_parts(namespace, "bob", 1))
+
+
+def test_a_message_that_changed_nothing_writes_nothing(client: redis.Redis,
+                                                       namespace: str) -> None:
+    store = new_store(client, namespace)
+    store.commit("c:1", [("reply", "q", b"pong")])
+    assert not client.exists(keys.batch(namespace, "bob", "c:1"))
+
+
+def test_deleting_a_persisted_object_removes_it(client: redis.Redis, namespace: str) -> None:
+    store = new_store(client, namespace)
+    store.put(1, torch.ones(2))
+    store.mark_failed(2, {"type": "ValueError", "message": "x", "command": "op"})
+    store.commit("c:1", [])
+    store.pop(1)
+    store.discard(2)
+    store.commit("c:2", [])
+    assert client.hlen(keys.objects(namespace, "bob")) == 0
+    assert client.hlen(keys.failures(namespace, "bob")) == 0
+
+
+def test_a_failure_replaced_by_an_object_loses_its_marker(client: redis.Redis,
+                                                          namespace: str) -> None:
+    store = new_store(client, namespace)
+    store.mark_failed(1, {"type": "ValueError", "message": "x", "command": "op"})
+    store.commit("c:1", [])
+    store.put(1, torch.ones(1))
+    store.commit("c:2", [])
+    restarted = new_store(client, namespace)
+    restarted.load()
+    assert 1 in restarted.objects and 1 not in restarted.failures
+
+
+def test_large_tensors_are_stored_in_parts(client: redis.Redis, namespace: str) -> None:
+    store = new_store(client, namespace, part_bytes=1024)
+    big = torch.arange(1000, dtype=torch.float64)  # 8000 bytes: 8 parts
+    store.put(7, big)
+    store.commit("c:1", [])
+    assert client.llen(keys.tensor_parts(namespace, "bob", 7)) == 8
+    restarted = new_store(client, namespace, part_bytes=1024)
+    restarted.load()
+    assert torch.equal(restarted.objects[7], big)
+    restarted.pop(7)
+    restarted.commit("c:2", [])
+    assert not client.exists(keys.tensor_parts(namespace, "bob", 7))
+
+
+def test_clear_forgets_everything_then_keeps_new_objects(client: redis.Redis,
+                                                         namespace: str) -> None:
+    store = new_store(client, namespace, part_bytes=64)
+    store.put(1, torch.ones(100))
+    store.put(2, torch.ones(1))
+    store.commit("c:1", [])
+    store.clear()
+    store.put(3, torch.zeros(1))
+    store.commit("c:2", [])
+    restarted = new_store(client, namespace)
+    restarted.load()
+    assert list(restarted.objects) == [3]
+    assert not client.exists(keys.tensor_parts(namespace, "bob", 1))
+
+
+def test_an_applied_batch_replays_its_outgoing_messages(client: redis.Redis,
+                                                        namespace: str) -> None:
+    store = new_store(client, namespace)
+    outgoing = [("reply", "q", b"reply-bytes"), ("worker", "alice", b"forward")]
+    store.put(1, torch.ones(1))
+    store.commit("c:1", outgoing)
+    restarted = new_store(client, namespace)
+    assert restarted.replay("c:1") == outgoing
+    assert restarted.replay("c:2") is None
+    restarted.first_delivery = True  # a message seen for the first time skips the lookup
+    assert restarted.replay("c:1") is None
+
+
+def test_chunk_parts_come_back_in_order_even_after_a_restart(client: redis.Redis,
+                                                             namespace: str) -> None:
+    store = new_store(client, namespace)
+    assert store.add_part("t1", 2, 3, b"c") is None
+    assert store.add_part("t1", 0, 3, b"a") is None
+    restarted = new_store(client, namespace)  # the first two parts live only in Redis now
+    assert restarted.add_part("t1", 1, 3, b"b") == [b"a", b"b", b"c"]
+    restarted.drop_transfer("t1")
+    assert not client.exists(keys.transfer(namespace, "bob", "t1"))

@@ -1,0 +1,47 @@
+"""Queue topology is pure: names and arguments, checked without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker import topology
+
+
+def test_worker_queue_names() -> None:
+    assert topology.worker_queue("bob") == "tensorfleet.worker.bob"
+    assert topology.worker_queue("secure_worker", "t1") == "t1.worker.secure_worker"
+
+
+def test_worker_id_round_trips_through_the_queue_name() -> None:
+    for namespace in ("tensorfleet", "tftest-1-ab.c"):
+        for worker_id in ("bob", "secure_worker", "w.1"):
+            queue = topology.worker_queue(worker_id, namespace)
+            assert topology.worker_id_from_queue(queue, namespace) == worker_id
+            assert topology.namespace_from_queue(queue) == namespace
+
+
+def test_foreign_queues_are_not_worker_queues() -> None:
+    assert topology.worker_id_from_queue("celery") is None
+    assert topology.worker_id_from_queue("other.worker.bob") is None
+    assert topology.worker_id_from_queue("tensorfleet.reply.x") is None
+    assert topology.namespace_from_queue("celery") is None
+
+
+def test_reply_and_dead_letter_names_are_namespaced() -> None:
+    assert topology.reply_queue("c-1", "ns") == "ns.reply.c-1"
+    assert topology.dead_letter_exchange("ns") == "ns.dlx"
+    assert topology.dead_letter_queue("ns") == "ns.dead-letter"
+    assert topology.namespace_queues(["bob"], "ns") == ["ns.worker.bob", "ns.dead-letter"]
+
+
+def test_queue_arguments() -> None:
+    # no x- arguments: a plain Celery send_task(queue=...) declares the queue with none,
+    # and RabbitMQ refuses a re-declaration with different arguments
+    assert topology.worker_queue_arguments() == {}
+    assert topology.reply_queue_arguments()["x-expires"] > 0
+
+
+@pytest.mark.parametrize("bad", ["", "bob smith", "a/b", "a:b", "*", ".hidden"])
+def test_bad_ids_are_refused_with_advice(bad: str) -> None:
+    with pytest.raises(ValueError, match="letters, digits"):
+        topology.worker_queue(bad)
