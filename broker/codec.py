@@ -84,19 +84,31 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 def encode_tensor(tensor: torch.Tensor) -> bytes:
-    """One safetensors buffer holding the tensor's data, and its grad if it has one."""
+    """One safetensors buffer holding the tensor's data, and its grad if it has one.
+
+    safetensors has no complex128: such tensors travel as their float64 real view.
+    """
     data = tensor.detach()
+    metadata = {
+        "requires_grad": "1" if tensor.requires_grad else "0",
+        "parameter": "1" if isinstance(tensor, torch.nn.Parameter) else "0",
+    }
+    if data.dtype is torch.complex128:
+        data = torch.view_as_real(data.resolve_conj())
+        metadata["complex"] = "1"
     if not data.is_contiguous():
         data = data.contiguous()
     tensors = {"data": data}
     grad = tensor.grad if tensor.requires_grad and tensor.is_leaf else None
     if grad is not None:
         tensors["grad"] = grad.detach().contiguous()
-    metadata = {
-        "requires_grad": "1" if tensor.requires_grad else "0",
-        "parameter": "1" if isinstance(tensor, torch.nn.Parameter) else "0",
-    }
-    return safetensors.torch.save(tensors, metadata=metadata)
+    try:
+        return safetensors.torch.save(tensors, metadata=metadata)
+    except Exception as error:  # an unsupported dtype or layout, in safetensors' own words
+        raise TypeError(
+            f"A {tensor.dtype} tensor cannot travel as safetensors ({error}); convert it, "
+            "for example with .float(), before sending it."
+        ) from None
 
 
 def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
@@ -136,6 +148,8 @@ def decode_tensor(buffer: bytes) -> torch.Tensor:
     if "data" not in loaded:
         raise MalformedMessageError("a tensor buffer has no 'data' entry")
     tensor = loaded["data"]
+    if metadata.get("complex") == "1":
+        tensor = torch.view_as_complex(tensor)
     requires_grad = metadata.get("requires_grad") == "1"
     if metadata.get("parameter") == "1":
         tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)

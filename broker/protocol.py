@@ -32,6 +32,9 @@ objects             [request]: reply with every stored object, for display
 count               [request]: reply with the number of stored objects
 clear               [request]: forget every object (no cascade)
 ping                [request]: reply ``True``; a health check
+forward_failed      [ids, error]: (worker to worker) the op forwarded under these ids
+                    failed; mark the pointers to them failed too, and tell the hop before
+plan, run_plan      see worker/plans.py
 plan                [plan_id, plan_data, request]: check a plan (worker/plans.py) and
                     keep it under plan_id
 run_plan            [plan_id, args, result_ids, grad_enabled, request]: run a stored
@@ -61,6 +64,7 @@ OBJECTS = "objects"
 COUNT = "count"
 CLEAR = "clear"
 PING = "ping"
+FORWARD_FAILED = "forward_failed"
 PLAN = "plan"
 RUN_PLAN = "run_plan"
 
@@ -77,6 +81,7 @@ COMMAND_ARITY: dict[str, int] = {
     COUNT: 1,
     CLEAR: 1,
     PING: 1,
+    FORWARD_FAILED: 2,
     PLAN: 3,
     RUN_PLAN: 5,
 }
@@ -133,15 +138,20 @@ class TensorMeta:
     requires_grad: bool
 
 
-def envelope(batch: int, sender: str, reply_to: str | None, commands: list[Any]) -> dict[str, Any]:
-    """Build a batch message."""
-    return {
+def envelope(
+    batch: int, sender: str, reply_to: str | None, commands: list[Any], forwarded: bool = False
+) -> dict[str, Any]:
+    """Build a batch message; ``forwarded`` marks one a worker sent on behalf of a client."""
+    message = {
         "v": PROTOCOL_VERSION,
         "batch": batch,
         "sender": sender,
         "reply_to": reply_to,
         "commands": commands,
     }
+    if forwarded:
+        message["forwarded"] = True
+    return message
 
 
 def reply_envelope(replies: list[list[Any]]) -> dict[str, Any]:

@@ -134,6 +134,7 @@ class Engine:
             protocol.COUNT: self._count,
             protocol.CLEAR: self._clear,
             protocol.PING: self._ping,
+            protocol.FORWARD_FAILED: self._forward_failed,
             protocol.PLAN: self._plan,
             protocol.RUN_PLAN: self._run_plan,
         }
@@ -141,12 +142,17 @@ class Engine:
         self._replies: list[list[Any]] = []
         self._forwards: dict[str, list[list[Any]]] = {}
         self._rejected: str | None = None
+        #: the worker that forwarded the message being run (None: a client sent it)
+        self._upstream_worker: str | None = None
+        #: id forwarded to the next hop -> (id of our pointer to it, worker that forwarded to us)
+        self._upstream: dict[int, tuple[int, str | None]] = {}
 
     # ------------------------------------------------------------------ message level
     def handle(self, body: bytes) -> HandleResult:
         """Run one envelope; MalformedMessageError if it is not one."""
         message = codec.decode(body)
         batch, sender, reply_to, commands = _validate_envelope(message)
+        self._upstream_worker = sender if message.get("forwarded") is True else None
         batch_key = f"{sender}:{batch}"
         replayed = self.store.replay(batch_key)
         if replayed is not None:
@@ -169,7 +175,9 @@ class Engine:
                     "worker",
                     destination,
                     codec.encode(
-                        protocol.envelope(forward_batch, self.worker_id, reply_to, forwarded)
+                        protocol.envelope(
+                            forward_batch, self.worker_id, reply_to, forwarded, forwarded=True
+                        )
                     ),
                 )
             )
@@ -206,6 +214,8 @@ class Engine:
         wire = error.error if isinstance(error, _StoredFailure) else error_to_wire(error, command)
         for result_id in result_ids:
             self.store.mark_failed(result_id, wire)
+        if result_ids and self._upstream_worker is not None:
+            self._forward(self._upstream_worker, [protocol.FORWARD_FAILED, list(result_ids), wire])
         if request is not None or not isinstance(error, _StoredFailure):
             # an already-reported failure flowing into later results is not reported twice
             self._replies.append([request, False, wire])
@@ -378,6 +388,7 @@ class Engine:
         next_ids = [derive_id(result_id, self.worker_id) for result_id in result_ids]
         for result_id, next_id in zip(result_ids, next_ids, strict=True):
             self.store.put(result_id, PointerRecord(location, next_id, True, (), "", False))
+            self._upstream[next_id] = (result_id, self._upstream_worker)
         self._forward(
             location,
             [protocol.OP, name, forwarded_args, forwarded_kwargs, next_ids, grad_enabled, request],
@@ -397,6 +408,8 @@ class Engine:
             if ref.attr is None:
                 # ownership of the object (or of a pointer's target) passes to the caller
                 self.store.pop(ref.id)
+                if isinstance(obj, PointerRecord):
+                    self._upstream.pop(obj.id_at_location, None)
         except Exception as error:
             self._fail(request, (), error, protocol.GET)
             return
@@ -404,8 +417,26 @@ class Engine:
 
     def _delete(self, obj_id: int) -> None:
         obj = self.store.discard(obj_id)
-        if isinstance(obj, PointerRecord) and obj.owns:
-            self._forward(obj.location, [protocol.DELETE, obj.id_at_location])
+        if isinstance(obj, PointerRecord):
+            self._upstream.pop(obj.id_at_location, None)
+            if obj.owns:
+                self._forward(obj.location, [protocol.DELETE, obj.id_at_location])
+
+    def _forward_failed(self, next_ids: Any, error: Any) -> None:
+        """The next hop could not make what we forwarded: our pointers to it are failed too."""
+        if not isinstance(next_ids, list) or not isinstance(error, dict):
+            self._rejected = "malformed forward_failed"
+            return
+        for next_id in next_ids:
+            upstream = self._upstream.pop(next_id, None)
+            if upstream is None:
+                continue
+            result_id, upstream_worker = upstream
+            record = self.store.objects.get(result_id)
+            if isinstance(record, PointerRecord) and record.id_at_location == next_id:
+                self.store.mark_failed(result_id, error)
+                if upstream_worker is not None:
+                    self._forward(upstream_worker, [protocol.FORWARD_FAILED, [result_id], error])
 
     def _setattr(self, ref: Any, attr: str, value: Any) -> None:
         command = f"setattr {attr}"
