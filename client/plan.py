@@ -212,21 +212,22 @@ class _Tracer(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _record(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        wire_args, has_args = self._wire(list(args))
-        wire_kwargs, has_kwargs = self._wire(kwargs)
         result = func(*args, **kwargs)
-        if not (has_args or has_kwargs):
-            return result  # a factory (torch.zeros, torch.tensor): its result is a constant
         if result is None:
-            outs: list[_Var | None] = []
+            returned: list[torch.Tensor] = []
         elif isinstance(result, torch.Tensor):
-            outs = [self._out(result)]
+            returned = [result]
         elif isinstance(result, list | tuple) and all(
             isinstance(item, torch.Tensor) for item in result
         ):
-            outs = [self._out(item) for item in result]
+            returned = list(result)
         else:
             return result  # metadata (dim, is_floating_point, ...): not an op of the plan
+        wire_args, has_args = self._wire(list(args))
+        wire_kwargs, has_kwargs = self._wire(kwargs)
+        if not (has_args or has_kwargs):
+            return result  # a factory (torch.zeros, torch.tensor): its result is a constant
+        outs = [self._out(tensor) for tensor in returned]  # after the args: in-place is known
         self.ops.append(_Recorded(func, wire_name(func), wire_args, wire_kwargs, outs))
         return result
 

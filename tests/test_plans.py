@@ -364,3 +364,17 @@ def test_a_copied_plan_has_its_own_parameters_and_build() -> None:
         decode_plan(codec.decode(codec.encode(twin.trace.wire())), DEFAULT_ALLOWLIST, "bob"), [data]
     )
     assert torch.allclose(output, twin(data))
+
+
+def test_constants_made_or_captured_by_the_function_travel_as_state(bob: Any) -> None:
+    offset = torch.tensor([10.0, 20.0])
+
+    @sy.func2plan(args_shape=[(2,)])
+    def shifted(x: torch.Tensor) -> torch.Tensor:
+        scale = torch.tensor([2.0, 3.0])  # made while building: a constant of the plan
+        return x * scale + offset
+
+    assert len(shifted.trace.state) == 2
+    x = torch.tensor([1.0, -1.0])
+    assert torch.equal(shifted.send(bob)(x.send(bob)).get(), torch.tensor([12.0, 17.0]))
+    assert torch.equal(shifted(x), torch.tensor([12.0, 17.0]))
