@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -33,12 +33,19 @@ class BaseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     when the dataset is remote); ``ds[[3, 1, 4]]`` is one batch, one command per tensor.
     """
 
+    data: Any
+    targets: Any
+
     def __init__(self, data: torch.Tensor, targets: torch.Tensor) -> None:
         if data.shape[0] != targets.shape[0]:
-            raise ValueError(f"data has {data.shape[0]} samples but targets has "
-                             f"{targets.shape[0]}: they must match")
+            raise ValueError(
+                f"data has {data.shape[0]} samples but targets has "
+                f"{targets.shape[0]}: they must match"
+            )
         remote = [type(t) is PointerTensor for t in (data, targets)]
-        if remote[0] != remote[1] or (remote[0] and data.location is not targets.location):
+        if remote[0] != remote[1] or (
+            remote[0] and cast(Any, data).location is not cast(Any, targets).location
+        ):
             raise ValueError("data and targets must both be local or both be on the same worker")
         self.data = data
         self.targets = targets
@@ -86,9 +93,11 @@ class FederatedDataset:
         for dataset in datasets:
             location = getattr(dataset, "location", None)
             if location is None:
-                raise ValueError("FederatedDataset takes datasets on workers: send each one "
-                                 "first (BaseDataset(data, targets).send(bob)), or call "
-                                 "dataset.federate(workers)")
+                raise ValueError(
+                    "FederatedDataset takes datasets on workers: send each one "
+                    "first (BaseDataset(data, targets).send(bob)), or call "
+                    "dataset.federate(workers)"
+                )
             self.datasets[_worker_id(location)] = dataset
 
     @property
@@ -101,8 +110,9 @@ class FederatedDataset:
         try:
             return self.datasets[worker_id]
         except KeyError:
-            raise KeyError(f"no share on worker {worker_id!r}; this dataset has shares on "
-                           f"{self.workers}") from None
+            raise KeyError(
+                f"no share on worker {worker_id!r}; this dataset has shares on {self.workers}"
+            ) from None
 
     def __len__(self) -> int:
         return sum(len(dataset) for dataset in self.datasets.values())
@@ -111,8 +121,10 @@ class FederatedDataset:
         return iter(self.datasets)
 
     def __repr__(self) -> str:
-        return (f"FederatedDataset\n    Distributed accross: {', '.join(self.workers)}\n"
-                f"    Number of datapoints: {len(self)}\n")
+        return (
+            f"FederatedDataset\n    Distributed accross: {', '.join(self.workers)}\n"
+            f"    Number of datapoints: {len(self)}\n"
+        )
 
 
 def _as_tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +151,10 @@ def federate(self: Any, workers: Sequence[Any]) -> FederatedDataset:
     if not workers:
         raise ValueError("federate() needs at least one worker: dataset.federate((bob, alice))")
     if any(isinstance(worker, str) for worker in workers):
-        raise TypeError("federate() takes worker handles (sy.VirtualWorker or sy.FleetWorker), "
-                        "not ids: dataset.federate((bob, alice))")
+        raise TypeError(
+            "federate() takes worker handles (sy.VirtualWorker or sy.FleetWorker), "
+            "not ids: dataset.federate((bob, alice))"
+        )
     data, targets = _as_tensors(self)
     if type(data) is PointerTensor:
         raise ValueError("this dataset is already on a worker: federate a local dataset")

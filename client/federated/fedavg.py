@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +53,14 @@ class LocalTraining:
         return torch.optim.SGD(params, lr=self.lr)
 
 
-def train_epochs(model: nn.Module, batches: Callable[[], Iterable[tuple[torch.Tensor, Any]]],
-                 optimizer: torch.optim.Optimizer, loss_fn: Loss, epochs: int,
-                 on_batch: Callable[[], None] | None = None) -> torch.Tensor | None:
+def train_epochs(
+    model: nn.Module,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, Any]]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Loss,
+    epochs: int,
+    on_batch: Callable[[], None] | None = None,
+) -> torch.Tensor | None:
     """Train ``epochs`` passes over ``batches()``; the summed loss of the last epoch.
 
     Works the same on local tensors and on pointers (then nothing waits: the
@@ -76,8 +81,9 @@ def train_epochs(model: nn.Module, batches: Callable[[], Iterable[tuple[torch.Te
     return total
 
 
-def secure_average(models: Sequence[nn.Module], aggregator: Any,
-                   weights: Sequence[float] | None = None) -> list[torch.Tensor]:
+def secure_average(
+    models: Sequence[nn.Module], aggregator: Any, weights: Sequence[float] | None = None
+) -> list[torch.Tensor]:
     """Move ``models`` (on workers) to ``aggregator``, average them there, fetch only that.
 
     Returns the weighted average of each parameter, in ``parameters()`` order, as
@@ -90,7 +96,7 @@ def secure_average(models: Sequence[nn.Module], aggregator: Any,
     if len(weights) != len(models):
         raise ValueError(f"{len(weights)} weights for {len(models)} models")
     for model in models:
-        model.move(aggregator)
+        cast(Any, model).move(aggregator)
     shapes = [param.shape for param in models[0].parameters()]
     with torch.no_grad():
         averages = []
@@ -99,9 +105,11 @@ def secure_average(models: Sequence[nn.Module], aggregator: Any,
             for param, weight in zip(params[1:], weights[1:], strict=True):
                 average = average + param * weight
             averages.append(average.reshape(-1))
-        flat = torch.cat(averages).get()
-    return [part.reshape(shape) for part, shape in
-            zip(flat.split([shape.numel() for shape in shapes]), shapes, strict=True)]
+        flat = cast(Any, torch.cat(averages)).get()
+    return [
+        part.reshape(shape)
+        for part, shape in zip(flat.split([shape.numel() for shape in shapes]), shapes, strict=True)
+    ]
 
 
 def load_parameters(model: nn.Module, values: Sequence[torch.Tensor]) -> None:
@@ -133,25 +141,42 @@ class RoundResult:
 class FedAvg:
     """The FedAvg strategy: owners train copies, ``aggregator`` averages, the client gets it."""
 
-    def __init__(self, aggregator: Any, training: LocalTraining | None = None,
-                 generator: torch.Generator | None = None, weighted: bool = True) -> None:
+    def __init__(
+        self,
+        aggregator: Any,
+        training: LocalTraining | None = None,
+        generator: torch.Generator | None = None,
+        weighted: bool = True,
+    ) -> None:
         self.aggregator = aggregator
         self.training = training or LocalTraining()
         self.generator = generator
         self.weighted = weighted
 
-    def configure_fit(self, model: nn.Module, owner: Any) -> tuple[nn.Module,
-                                                                   torch.optim.Optimizer]:
+    def configure_fit(
+        self, model: nn.Module, owner: Any
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """A copy of the global model on ``owner``, with its own optimizer."""
-        local_copy = model.copy().send(owner)
+        local_copy = cast(Any, model).copy().send(owner)
         return local_copy, self.training.make_optimizer(local_copy.parameters())
 
-    def fit(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-            loader: FederatedDataLoader, owner_id: str,
-            on_batch: Callable[[], None] | None = None) -> torch.Tensor | None:
+    def fit(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: FederatedDataLoader,
+        owner_id: str,
+        on_batch: Callable[[], None] | None = None,
+    ) -> torch.Tensor | None:
         """Local epochs on the owner; returns a pointer to the last epoch's summed loss."""
-        return train_epochs(model, lambda: loader.iter_worker(owner_id), optimizer,
-                            self.training.loss, self.training.epochs, on_batch)
+        return train_epochs(
+            model,
+            lambda: loader.iter_worker(owner_id),
+            optimizer,
+            self.training.loss,
+            self.training.epochs,
+            on_batch,
+        )
 
     def aggregate_weights(self, samples: Sequence[int]) -> list[float]:
         total = sum(samples)
@@ -159,13 +184,21 @@ class FedAvg:
             return [count / total for count in samples]
         return [1.0 / len(samples)] * len(samples)
 
-    def fit_round(self, model: nn.Module, dataset: FederatedDataset,
-                  on_batch: Callable[[], None] | None = None) -> RoundResult:
+    def fit_round(
+        self,
+        model: nn.Module,
+        dataset: FederatedDataset,
+        on_batch: Callable[[], None] | None = None,
+    ) -> RoundResult:
         """One round over every owner in ``dataset``; ``model`` (local) gets the average."""
         training = self.training
-        loader = FederatedDataLoader(dataset, batch_size=training.batch_size,
-                                     shuffle=training.shuffle, drop_last=training.drop_last,
-                                     generator=self.generator)
+        loader = FederatedDataLoader(
+            dataset,
+            batch_size=training.batch_size,
+            shuffle=training.shuffle,
+            drop_last=training.drop_last,
+            generator=self.generator,
+        )
         start = time.perf_counter()
         copies: list[nn.Module] = []
         loss_sums: dict[str, torch.Tensor | None] = {}
@@ -179,10 +212,15 @@ class FedAvg:
             del optimizer
         weights = self.aggregate_weights(list(samples.values()))
         for local_copy in copies:  # waits for each owner's training to finish
-            local_copy.move(self.aggregator)
+            cast(Any, local_copy).move(self.aggregator)
         fitted = time.perf_counter()
         load_parameters(model, secure_average(copies, self.aggregator, weights))
-        losses = {owner: float(total.get()) / max(samples[owner], 1) if total is not None
-                  else float("nan") for owner, total in loss_sums.items()}
-        return RoundResult(losses, samples, {"fit": fitted - start,
-                                             "aggregate": time.perf_counter() - fitted})
+        losses = {
+            owner: float(cast(Any, total).get()) / max(samples[owner], 1)
+            if total is not None
+            else float("nan")
+            for owner, total in loss_sums.items()
+        }
+        return RoundResult(
+            losses, samples, {"fit": fitted - start, "aggregate": time.perf_counter() - fitted}
+        )

@@ -21,12 +21,24 @@ import torch
 from client.federated.dataset import BaseDataset, FederatedDataset
 
 #: options of torch's DataLoader that mean nothing when the data is on workers
-_IGNORED_OPTIONS = ("num_workers", "pin_memory", "collate_fn", "persistent_workers",
-                    "prefetch_factor", "timeout", "worker_init_fn")
+_IGNORED_OPTIONS = (
+    "num_workers",
+    "pin_memory",
+    "collate_fn",
+    "persistent_workers",
+    "prefetch_factor",
+    "timeout",
+    "worker_init_fn",
+)
 
 
-def batch_indices(size: int, batch_size: int, shuffle: bool, drop_last: bool,
-                  generator: torch.Generator | None = None) -> Iterator[slice | list[int]]:
+def batch_indices(
+    size: int,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool,
+    generator: torch.Generator | None = None,
+) -> Iterator[slice | list[int]]:
     """The index of each batch of ``size`` samples: a slice, or a list of ints when shuffled.
 
     The same function orders local batches (``local_batches``), so a federated run
@@ -39,10 +51,14 @@ def batch_indices(size: int, batch_size: int, shuffle: bool, drop_last: bool,
         yield slice(start, stop) if order is None else order[start:stop].tolist()
 
 
-def local_batches(data: torch.Tensor, targets: torch.Tensor, batch_size: int,
-                  shuffle: bool = False, drop_last: bool = False,
-                  generator: torch.Generator | None = None,
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def local_batches(
+    data: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches a FederatedDataLoader would build on a worker, from local tensors."""
     for index in batch_indices(int(data.shape[0]), batch_size, shuffle, drop_last, generator):
         yield data[index], targets[index]
@@ -55,24 +71,37 @@ class FederatedDataLoader:
     global torch RNG is used, so ``torch.manual_seed`` makes a run reproducible.
     """
 
-    def __init__(self, federated_dataset: FederatedDataset, batch_size: int = 8,
-                 shuffle: bool = False, drop_last: bool = False, num_iterators: int = 1,
-                 generator: torch.Generator | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        federated_dataset: FederatedDataset,
+        batch_size: int = 8,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        num_iterators: int = 1,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> None:
         if not isinstance(federated_dataset, FederatedDataset):
-            raise TypeError("Your dataset is not a FederatedDataset, please use "
-                            "torch.utils.data.DataLoader instead (or dataset.federate(workers) "
-                            "first).")
+            raise TypeError(
+                "Your dataset is not a FederatedDataset, please use "
+                "torch.utils.data.DataLoader instead (or dataset.federate(workers) "
+                "first)."
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
         if num_iterators != 1:
-            raise NotImplementedError("FederatedDataLoader runs one iterator (num_iterators=1): "
-                                      "it yields every batch of one worker, then the next.")
+            raise NotImplementedError(
+                "FederatedDataLoader runs one iterator (num_iterators=1): "
+                "it yields every batch of one worker, then the next."
+            )
         unknown = sorted(set(options) - set(_IGNORED_OPTIONS))
         if unknown:
             raise TypeError(f"FederatedDataLoader got unexpected options {unknown}")
         if options:
-            warnings.warn(f"FederatedDataLoader ignores {sorted(options)}: batches are built on "
-                          "the workers", stacklevel=2)
+            warnings.warn(
+                f"FederatedDataLoader ignores {sorted(options)}: batches are built on the workers",
+                stacklevel=2,
+            )
         self.federated_dataset = federated_dataset
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -96,8 +125,9 @@ class FederatedDataLoader:
     def iter_worker(self, worker: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one worker's share, in order (one pass)."""
         share = self.federated_dataset[worker]
-        for index in batch_indices(len(share), self.batch_size, self.shuffle, self.drop_last,
-                                   self.generator):
+        for index in batch_indices(
+            len(share), self.batch_size, self.shuffle, self.drop_last, self.generator
+        ):
             yield share.data[index], share.targets[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,5 +135,4 @@ class FederatedDataLoader:
             yield from self.iter_worker(worker)
 
     def __repr__(self) -> str:
-        return (f"<FederatedDataLoader {len(self)} batches of {self.batch_size} over "
-                f"{self.workers}>")
+        return f"<FederatedDataLoader {len(self)} batches of {self.batch_size} over {self.workers}>"

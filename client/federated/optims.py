@@ -46,11 +46,14 @@ class Optims:
 
     def __init__(self, workers: Iterable[Any], optim: torch.optim.Optimizer) -> None:
         if not isinstance(optim, torch.optim.Optimizer):
-            raise TypeError("Optims takes an optimizer instance: "
-                            "Optims(workers, optim=torch.optim.SGD(model.parameters(), lr=0.1))")
+            raise TypeError(
+                "Optims takes an optimizer instance: "
+                "Optims(workers, optim=torch.optim.SGD(model.parameters(), lr=0.1))"
+            )
         self.workers = [_worker_id(worker) for worker in workers]
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            worker_id: _per_worker_copy(optim) for worker_id in self.workers}
+            worker_id: _per_worker_copy(optim) for worker_id in self.workers
+        }
 
     def get_optim(self, worker: Any) -> torch.optim.Optimizer:
         """The optimizer of ``worker`` (an id or a worker handle)."""
@@ -58,8 +61,9 @@ class Optims:
         try:
             return self.optimizers[worker_id]
         except KeyError:
-            raise KeyError(f"Optims has no optimizer for worker {worker_id!r}; it has "
-                           f"{self.workers}") from None
+            raise KeyError(
+                f"Optims has no optimizer for worker {worker_id!r}; it has {self.workers}"
+            ) from None
 
     def count(self) -> int:
         """How many workers have an optimizer."""
