@@ -96,6 +96,10 @@ class ShapeCache:
             self._cache[key] = inferred
         return inferred
 
+    def cached(self, key: tuple[Any, ...]) -> Inferred | None:
+        """A cached result by its key, ``(func, grad, *arg_keys)`` as :meth:`infer` builds it."""
+        return self._cache.get(key)
+
 
 def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
     meta = meta_of(value)

@@ -15,7 +15,6 @@ When the last reference to it goes, and it owns its object
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable
 from types import MethodWrapperType
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from client.workers import BaseWorker
 
 _ids = random.Random()
+_REF = codec.ref_ext
 _NO_KWARGS: dict[str, Any] = {}
 SHAPES = ShapeCache()
 #: the owner of new pointers: the hook's local worker ("me"), set by TorchHook
@@ -77,7 +77,7 @@ class Pointer:
         self.garbage_collect_data = garbage_collect_data
         self.point_to_attr = point_to_attr
         self.owner = owner if owner is not None else DEFAULT_OWNER
-        self.ref = codec.ref_ext(id_at_location, point_to_attr)
+        self.ref = _REF(id_at_location, point_to_attr)
         #: the location's backward epoch when the remote .grad was last known to be None
         self.grad_cleared_epoch = -1
         #: for a pointer to a pointer: the worker ids the chain passes, first hop first (commands
@@ -86,9 +86,13 @@ class Pointer:
 
     def __del__(self) -> None:
         if self.garbage_collect_data and self.point_to_attr is None:
-            # at interpreter exit the session may already be gone: nothing is left to delete
-            with contextlib.suppress(Exception):
-                self.location._finalize_delete(self.id_at_location, self.route)
+            # try/except, not contextlib.suppress: this runs for every dropped pointer
+            try:  # noqa: SIM105
+                self.location.session.enqueue_from_finalizer(
+                    self.location.id, (protocol.DELETE, self.id_at_location), self.route
+                )
+            except Exception:  # at interpreter exit the session may already be gone
+                pass
 
     def __repr__(self) -> str:
         suffix = f"::{self.point_to_attr}" if self.point_to_attr else ""
@@ -180,8 +184,67 @@ def _check_no_local(call: _Call, value: Any) -> None:
             _check_no_local(call, item)
 
 
+#: func -> (wire name, whether it is in place): computed once per callable
+_FUNC_INFO: dict[Any, tuple[str, bool]] = {}
+
+
 def _remote_call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    name = wire_name(func)
+    info = _FUNC_INFO.get(func)
+    if info is None:
+        name = wire_name(func)
+        info = _FUNC_INFO[func] = (name, is_inplace(name) and name != "Tensor.backward")
+    if not kwargs:
+        result = _fast_call(func, info, args)
+        if result is not None:
+            return result
+    return _general_call(func, info[0], args, kwargs)
+
+
+def _fast_call(func: Callable[..., Any], info: tuple[str, bool], args: tuple[Any, ...]) -> Any:
+    """The hot path: pointers on one worker and plain numbers, a shape already inferred once.
+
+    It builds the wire arguments and the shape-cache key in one pass and returns None
+    whenever anything is unusual, leaving the case to :func:`_general_call`.
+    """
+    name, inplace = info
+    if inplace:
+        return None
+    grad = torch.is_grad_enabled()
+    key: list[Any] = [func, grad]
+    wire: list[Any] = []
+    location = None
+    for arg in args:
+        kind = type(arg)
+        if kind is PointerTensor:
+            pointer = arg.child
+            if pointer.route is not None or (
+                location is not None and pointer.location is not location
+            ):
+                return None
+            location = pointer.location
+            wire.append(pointer.ref)
+            key.append(pointer.meta)
+        elif kind is int or kind is float or kind is bool:
+            wire.append(arg)
+            key.append((kind, arg))
+        else:
+            return None
+    inferred = SHAPES.cached(tuple(key))
+    if location is None or inferred is None or inferred.container is not None:
+        return None
+    outputs = inferred.outputs
+    if len(outputs) != 1:
+        return None
+    result_id = _ids.getrandbits(36)
+    location.session.enqueue(
+        location.id, (protocol.OP, name, tuple(wire), _NO_KWARGS, (result_id,), grad, None)
+    )
+    return PointerTensor._wrap(Pointer(location, result_id, outputs[0]))
+
+
+def _general_call(
+    func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     call = _Call(name)
     wire_args = tuple([call.wire(arg) for arg in args])
     wire_kwargs = {key: call.wire(value) for key, value in kwargs.items()} if kwargs else _NO_KWARGS

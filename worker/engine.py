@@ -13,6 +13,7 @@ a worker (me -> bob -> alice -> bob) cannot deadlock.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import time
 from collections.abc import Callable, Iterable
@@ -149,7 +150,21 @@ class Engine:
 
     # ------------------------------------------------------------------ message level
     def handle(self, body: bytes) -> HandleResult:
-        """Run one envelope; MalformedMessageError if it is not one."""
+        """Run one envelope; MalformedMessageError if it is not one.
+
+        The cyclic garbage collector is paused while a message runs: its thousands of
+        short-lived command lists are freed by reference counting anyway, and a collection
+        triggered by them would scan the whole heap (torch's included) for nothing.
+        """
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._handle(body)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _handle(self, body: bytes) -> HandleResult:
         message = codec.decode(body)
         batch, sender, reply_to, commands = _validate_envelope(message)
         self._upstream_worker = sender if message.get("forwarded") is True else None
@@ -189,7 +204,7 @@ class Engine:
         return HandleResult(outgoing, self._rejected, self._replies)
 
     def _run(self, command: Any) -> None:
-        if not isinstance(command, list) or not command or not isinstance(command[0], str):
+        if type(command) is not list or not command or type(command[0]) is not str:
             self._fail(None, (), MalformedMessageError("a command is not a [name, ...] list"), "?")
             self._rejected = "malformed command"
             return
@@ -237,8 +252,10 @@ class Engine:
             raise ObjectNotFoundError(obj_id, self.worker_id) from None
 
     def _resolve_ref(self, ref: Ref) -> Any:
-        obj = self._lookup(ref.id)
-        if isinstance(obj, PointerRecord):
+        obj = self.store.objects.get(ref.id)
+        if obj is None:
+            obj = self._lookup(ref.id)  # raises the stored failure or ObjectNotFoundError
+        if type(obj) is PointerRecord:
             raise _Forward(obj.location)
         if ref.attr is None:
             return obj
