@@ -537,6 +537,10 @@ class Engine:
             inputs = self._resolve(args)
             with torch.set_grad_enabled(bool(grad_enabled)):
                 outputs = run_plan(plan, inputs)
+            if plan.mutates_inputs:  # in-place changes must reach the durable copy too
+                for ref in self._refs(args):
+                    self.store.touch(ref.id)
+                self.store.touch(plan_id)
             self._keep_results(
                 "run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0], result_ids, args
             )
