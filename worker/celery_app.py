@@ -170,9 +170,16 @@ class FleetRuntime:
                              delivery_mode=PERSISTENT, declare=[self.dead_letter_queue],
                              retry=True, retry_policy=_RETRY_POLICY)
 
-    def dead_letter_envelope(self, body: bytes, reason: str) -> None:
-        """Dead-letter an envelope that arrived inside a valid task message."""
+    def dead_letter_envelope(self, body: bytes, reason: str, request: Any = None) -> None:
+        """Dead-letter an envelope that arrived inside a valid task message.
+
+        The task message is rebuilt around it, keeping the sender's own ``x-`` headers
+        (Celery hands every message header to the task's request).
+        """
         headers, payload = task_message(body, new_task_id(), self.worker_id)
+        if request is not None:
+            headers.update({key: value for key, value in vars(request).items()
+                            if key.startswith("x-")})
         self.dead_letter(payload, reason, headers=headers, **message_properties())
 
 
@@ -246,13 +253,14 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
             transfer, body = part.transfer, b"".join(parts)
             del parts
         request = self.request
-        runtime.store.first_delivery = not (
+        # a TensorFleet client's first delivery cannot be a repeat: skip the replay lookup
+        runtime.store.first_delivery = direct and not (
             getattr(request, FORWARD_HEADER, False) or chunk is not None
             or (request.delivery_info or {}).get("redelivered", True))
         try:
             result = runtime.engine.handle(body)
         except MalformedMessageError as error:
-            runtime.dead_letter_envelope(body, str(error))
+            runtime.dead_letter_envelope(body, str(error), request)
             if transfer is not None:
                 runtime.store.drop_transfer(transfer)
             if direct:
@@ -260,7 +268,7 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
             raise
         runtime.publish(result.outgoing)
         if result.rejected is not None:
-            runtime.dead_letter_envelope(body, result.rejected)
+            runtime.dead_letter_envelope(body, result.rejected, request)
         if transfer is not None:
             runtime.store.drop_transfer(transfer)
     except StoreUnavailableError as error:
@@ -268,7 +276,7 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
         time.sleep(1.0)
         raise Reject(str(error), requeue=True) from None
     except MessageTooLargeError as error:
-        runtime.dead_letter_envelope(body, str(error))
+        runtime.dead_letter_envelope(body, str(error), self.request)
         return None
     if direct:
         return None
