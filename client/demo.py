@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from client.federated.dataset import federate
 from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
 
@@ -193,7 +194,7 @@ def run_demo(
         f"{', '.join(owner.id for owner in owners)}; {len(split.test_x)} held out for testing; "
         f"averaging on {aggregator.id}"
     )
-    dataset = TensorDataset(split.train_x, split.train_y).federate(owners)
+    dataset = federate(TensorDataset(split.train_x, split.train_y), owners)
     strategy = FedAvg(
         aggregator, training, generator=torch.Generator().manual_seed(config.seed + 1)
     )
