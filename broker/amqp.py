@@ -59,10 +59,15 @@ class Chunk:
     @classmethod
     def from_wire(cls, value: Any) -> Chunk:
         """Validate a chunk description that arrived on the wire."""
-        if not (isinstance(value, list | tuple) and len(value) == 5
-                and isinstance(value[0], str) and all(isinstance(v, int) for v in value[1:])):
-            raise MalformedMessageError("a chunk description is not [transfer, index, count, "
-                                        "total, offset]")
+        if not (
+            isinstance(value, list | tuple)
+            and len(value) == 5
+            and isinstance(value[0], str)
+            and all(isinstance(v, int) for v in value[1:])
+        ):
+            raise MalformedMessageError(
+                "a chunk description is not [transfer, index, count, total, offset]"
+            )
         transfer, index, count, total, offset = value
         if not (0 <= index < count and 0 <= offset <= total) or len(transfer) > 64:
             raise MalformedMessageError(f"chunk {index}/{count} at {offset} of {total} is invalid")
@@ -90,8 +95,9 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def task_message(body: Buffer, task_id: str, origin: str, chunk: Chunk | None = None,
-                 forward: bool = False) -> tuple[dict[str, Any], bytes]:
+def task_message(
+    body: Buffer, task_id: str, origin: str, chunk: Chunk | None = None, forward: bool = False
+) -> tuple[dict[str, Any], bytes]:
     """Headers and msgpack payload of a Celery protocol-v2 ``tensorfleet.execute`` message.
 
     ``ignore_result`` is set: TensorFleet senders read replies from their own

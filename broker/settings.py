@@ -73,27 +73,40 @@ class Settings:
             return value.strip() if value is not None and value.strip() else None
 
         return cls(
-            broker_url=_url(raw("BROKER_URL"), "BROKER_URL", ("amqp", "amqps", "pyamqp"),
-                            defaults.broker_url),
-            redis_url=_url(raw("REDIS_URL"), "REDIS_URL", ("redis", "rediss", "unix"),
-                           defaults.redis_url),
+            broker_url=_url(
+                raw("BROKER_URL"), "BROKER_URL", ("amqp", "amqps", "pyamqp"), defaults.broker_url
+            ),
+            redis_url=_url(
+                raw("REDIS_URL"), "REDIS_URL", ("redis", "rediss", "unix"), defaults.redis_url
+            ),
             timeout=_number(raw("TIMEOUT"), "TIMEOUT", defaults.timeout),
             namespace=_name(raw("NAMESPACE"), "NAMESPACE", _NAMESPACE_PATTERN, defaults.namespace),
-            max_message_bytes=_integer(raw("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES",
-                                       defaults.max_message_bytes, minimum=64 * 1024,
-                                       maximum=RABBITMQ_MAX_MESSAGE_BYTES - _ENVELOPE_HEADROOM),
-            max_object_bytes=_integer(raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES",
-                                      defaults.max_object_bytes, minimum=1024),
+            max_message_bytes=_integer(
+                raw("MAX_MESSAGE_BYTES"),
+                "MAX_MESSAGE_BYTES",
+                defaults.max_message_bytes,
+                minimum=64 * 1024,
+                maximum=RABBITMQ_MAX_MESSAGE_BYTES - _ENVELOPE_HEADROOM,
+            ),
+            max_object_bytes=_integer(
+                raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES", defaults.max_object_bytes, minimum=1024
+            ),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
-            flush_interval=_number(raw("FLUSH_INTERVAL"), "FLUSH_INTERVAL",
-                                   defaults.flush_interval),
-            prefetch=_integer(raw("PREFETCH"), "PREFETCH", defaults.prefetch, minimum=1,
-                              maximum=65535),
+            flush_interval=_number(
+                raw("FLUSH_INTERVAL"), "FLUSH_INTERVAL", defaults.flush_interval
+            ),
+            prefetch=_integer(
+                raw("PREFETCH"), "PREFETCH", defaults.prefetch, minimum=1, maximum=65535
+            ),
             batch_ttl=_integer(raw("BATCH_TTL"), "BATCH_TTL", defaults.batch_ttl, minimum=1),
-            connect_retries=_integer(raw("CONNECT_RETRIES"), "CONNECT_RETRIES",
-                                     defaults.connect_retries, minimum=0),
-            worker_id=(None if raw("WORKER_ID") is None
-                       else _name(raw("WORKER_ID"), "WORKER_ID", _WORKER_ID_PATTERN, "")),
+            connect_retries=_integer(
+                raw("CONNECT_RETRIES"), "CONNECT_RETRIES", defaults.connect_retries, minimum=0
+            ),
+            worker_id=(
+                None
+                if raw("WORKER_ID") is None
+                else _name(raw("WORKER_ID"), "WORKER_ID", _WORKER_ID_PATTERN, "")
+            ),
         )
 
 
@@ -110,8 +123,11 @@ def _url(value: str | None, name: str, schemes: tuple[str, ...], default: str) -
     if value is None:
         return default
     if urlsplit(value).scheme not in schemes:
-        raise ConfigurationError(f"TENSORFLEET_{name}", value,
-                                 f"a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        raise ConfigurationError(
+            f"TENSORFLEET_{name}",
+            value,
+            f"a URL starting with {' or '.join(s + '://' for s in schemes)}",
+        )
     return value
 
 
@@ -127,8 +143,9 @@ def _number(value: str | None, name: str, default: float) -> float:
     return number
 
 
-def _integer(value: str | None, name: str, default: int, minimum: int,
-             maximum: int | None = None) -> int:
+def _integer(
+    value: str | None, name: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
     if value is None:
         return default
     try:
@@ -145,6 +162,9 @@ def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) 
     if value is None:
         return default
     if not pattern.fullmatch(value):
-        raise ConfigurationError(f"TENSORFLEET_{name}", value,
-                                 "letters, digits, '_', '.' and '-' only (no spaces or ':')")
+        raise ConfigurationError(
+            f"TENSORFLEET_{name}",
+            value,
+            "letters, digits, '_', '.' and '-' only (no spaces or ':')",
+        )
     return value

@@ -94,7 +94,8 @@ def reply_queue_arguments() -> dict[str, Any]:
     return {"x-expires": REPLY_QUEUE_EXPIRES_MS}
 
 
-def namespace_queues(worker_ids: list[str] | tuple[str, ...],
-                     namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+def namespace_queues(
+    worker_ids: list[str] | tuple[str, ...], namespace: str = DEFAULT_NAMESPACE
+) -> list[str]:
     """Every durable queue a fleet of ``worker_ids`` uses (for purging in tests and tools)."""
     return [worker_queue(w, namespace) for w in worker_ids] + [dead_letter_queue(namespace)]

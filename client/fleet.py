@@ -88,8 +88,11 @@ class FleetTransport:
     def receive(self, timeout: float) -> bytes | None:
         """The next reply for this client, or None after ``timeout`` seconds."""
         try:
-            item = self._inbox.get(timeout=max(timeout, 0.0)) if timeout > 0 else (
-                self._inbox.get_nowait())
+            item = (
+                self._inbox.get(timeout=max(timeout, 0.0))
+                if timeout > 0
+                else (self._inbox.get_nowait())
+            )
         except queue.Empty:
             if self._fatal is not None:
                 raise self._fatal from None
@@ -144,8 +147,10 @@ class FleetTransport:
                 failures += 1
                 if failures > self.settings.connect_retries:
                     self._fatal = BrokerConnectionError(
-                        self._url, f"{type(error).__name__}: {error or 'connection lost'} "
-                        f"(gave up after {failures} attempts)")
+                        self._url,
+                        f"{type(error).__name__}: {error or 'connection lost'} "
+                        f"(gave up after {failures} attempts)",
+                    )
                     self._inbox.put(self._fatal)
                     self._ready.set()
                     return
@@ -162,8 +167,13 @@ class FleetTransport:
         parameters.client_properties = {"connection_name": f"tensorfleet client {self.client_id}"}
         connection = pika.BlockingConnection(parameters)
         channel = connection.channel()
-        channel.queue_declare(self.reply_address, durable=False, exclusive=False,
-                              auto_delete=False, arguments=topology.reply_queue_arguments())
+        channel.queue_declare(
+            self.reply_address,
+            durable=False,
+            exclusive=False,
+            auto_delete=False,
+            arguments=topology.reply_queue_arguments(),
+        )
         channel.basic_qos(prefetch_count=64)
         channel.basic_consume(self.reply_address, self._on_reply, auto_ack=True)
         self._declared = set()
@@ -201,15 +211,21 @@ class FleetTransport:
         assert channel is not None
         queue_name = topology.worker_queue(worker_id, self.settings.namespace)
         if queue_name not in self._declared:
-            channel.queue_declare(queue_name, durable=True,
-                                  arguments=topology.worker_queue_arguments())
+            channel.queue_declare(
+                queue_name, durable=True, arguments=topology.worker_queue_arguments()
+            )
             self._declared.add(queue_name)
         for chunk, part in split(body, self.settings.max_message_bytes):
             task_id = new_task_id()
             headers, payload = task_message(part, task_id, self.client_id, chunk)
             properties = pika.BasicProperties(
-                headers=headers, reply_to=self.reply_address, correlation_id=task_id,
-                delivery_mode=PERSISTENT, priority=0, **message_properties())
+                headers=headers,
+                reply_to=self.reply_address,
+                correlation_id=task_id,
+                delivery_mode=PERSISTENT,
+                priority=0,
+                **message_properties(),
+            )
             del part
             channel.basic_publish("", queue_name, payload, properties)
             del payload

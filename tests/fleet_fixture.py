@@ -65,8 +65,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class RunningFleet:
     """Worker processes of one namespace, with controls for crash and restart tests."""
 
-    def __init__(self, worker_ids: Sequence[str], namespace: str, env: Mapping[str, str],
-                 log_dir: Path) -> None:
+    def __init__(
+        self, worker_ids: Sequence[str], namespace: str, env: Mapping[str, str], log_dir: Path
+    ) -> None:
         self.worker_ids = tuple(worker_ids)
         self.namespace = namespace
         self.env = dict(env)
@@ -85,8 +86,12 @@ class RunningFleet:
         log = open(self.log_path(worker_id), "ab")  # noqa: SIM115 - closed by the child's exit
         self.processes[worker_id] = subprocess.Popen(
             [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", "WARNING"],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
         if wait:
             self.wait_ready([worker_id])
@@ -125,8 +130,14 @@ class RunningFleet:
         pinger = self._transport()
         self._batches += 1
         request = self._batches
-        body = codec.encode(protocol.envelope(self._batches, f"fleet-fixture-{os.getpid()}",
-                                              pinger.reply_address, [[protocol.PING, request]]))
+        body = codec.encode(
+            protocol.envelope(
+                self._batches,
+                f"fleet-fixture-{os.getpid()}",
+                pinger.reply_address,
+                [[protocol.PING, request]],
+            )
+        )
         pinger.publish(worker_id, body)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
@@ -138,8 +149,9 @@ class RunningFleet:
                 return True
         return False
 
-    def wait_ready(self, worker_ids: Sequence[str] | None = None,
-                   timeout: float = START_TIMEOUT) -> None:
+    def wait_ready(
+        self, worker_ids: Sequence[str] | None = None, timeout: float = START_TIMEOUT
+    ) -> None:
         """Return once every worker in ``worker_ids`` answered a ping; FleetStartError if not."""
         deadline = time.monotonic() + timeout
         for worker_id in worker_ids or self.worker_ids:
@@ -148,18 +160,23 @@ class RunningFleet:
                 if process.poll() is not None:
                     raise FleetStartError(
                         f"worker {worker_id} exited with {process.returncode} while starting:\n"
-                        f"{self.log_tail(worker_id)}")
+                        f"{self.log_tail(worker_id)}"
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise FleetStartError(f"worker {worker_id} did not answer a ping within "
-                                          f"{timeout:g} s:\n{self.log_tail(worker_id)}")
+                    raise FleetStartError(
+                        f"worker {worker_id} did not answer a ping within "
+                        f"{timeout:g} s:\n{self.log_tail(worker_id)}"
+                    )
                 # the ping waits in the durable queue until the worker consumes it
                 if self.ping(worker_id, min(remaining, 2.0)):
                     break
 
     def _transport(self) -> FleetTransport:
         if self._pinger is None:
-            self._pinger = FleetTransport(self.settings, client_id=f"fixture-{uuid.uuid4().hex[:8]}")
+            self._pinger = FleetTransport(
+                self.settings, client_id=f"fixture-{uuid.uuid4().hex[:8]}"
+            )
         return self._pinger
 
     # ------------------------------------------------------------------ cleanup
@@ -199,8 +216,9 @@ def new_namespace() -> str:
 
 
 @contextlib.contextmanager
-def fleet(worker_ids: Sequence[str], namespace: str | None = None,
-          env: Mapping[str, str] | None = None) -> Iterator[RunningFleet]:
+def fleet(
+    worker_ids: Sequence[str], namespace: str | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[RunningFleet]:
     """Run ``tensorfleet worker <id>`` for every id in a fresh namespace; see the module doc.
 
     ``env`` adds environment variables for the workers (for example a small

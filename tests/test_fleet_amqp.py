@@ -56,8 +56,9 @@ def test_split_then_reassemble_in_any_order_gives_the_body(body: bytes, limit: i
         return
     assert all(len(part) <= limit for _, part in parts)
     reassembler = Reassembler(max_bytes=1000)
-    results = [reassembler.add(chunk, bytes(part)) for chunk, part in reversed(parts)
-               if chunk is not None]
+    results = [
+        reassembler.add(chunk, bytes(part)) for chunk, part in reversed(parts) if chunk is not None
+    ]
     assert results[:-1] == [None] * (len(parts) - 1)
     assert bytes(results[-1] or b"") == body
     assert reassembler.pending() == 0
@@ -76,19 +77,32 @@ def test_reassembler_refuses_oversized_and_inconsistent_chunks() -> None:
         Reassembler(max_bytes=100).add(Chunk("t", 0, 2, 10, 8), b"xyz")
 
 
-@pytest.mark.parametrize("wire", [None, [], ["t", 0, 1, 10], ["t", 2, 2, 10, 0], [1, 0, 1, 1, 0],
-                                  ["t", 0, 1, 10, 11], ["x" * 65, 0, 1, 1, 0]])
+@pytest.mark.parametrize(
+    "wire",
+    [
+        None,
+        [],
+        ["t", 0, 1, 10],
+        ["t", 2, 2, 10, 0],
+        [1, 0, 1, 1, 0],
+        ["t", 0, 1, 10, 11],
+        ["x" * 65, 0, 1, 1, 0],
+    ],
+)
 def test_bad_chunk_descriptions_are_malformed(wire: object) -> None:
     with pytest.raises(MalformedMessageError):
         Chunk.from_wire(wire)
 
 
-@pytest.mark.parametrize(("celery_url", "pika_form"), [
-    ("amqp://guest:guest@localhost:5672//", "amqp://guest:guest@localhost:5672/%2F"),
-    ("amqp://guest:guest@localhost:5672", "amqp://guest:guest@localhost:5672/%2F"),
-    ("amqp://u:p@h:1/prod", "amqp://u:p@h:1/prod"),
-    ("pyamqp://h//", "amqp://h/%2F"),
-])
+@pytest.mark.parametrize(
+    ("celery_url", "pika_form"),
+    [
+        ("amqp://guest:guest@localhost:5672//", "amqp://guest:guest@localhost:5672/%2F"),
+        ("amqp://guest:guest@localhost:5672", "amqp://guest:guest@localhost:5672/%2F"),
+        ("amqp://u:p@h:1/prod", "amqp://u:p@h:1/prod"),
+        ("pyamqp://h//", "amqp://h/%2F"),
+    ],
+)
 def test_broker_urls_mean_the_same_vhost_to_pika(celery_url: str, pika_form: str) -> None:
     assert pika_url(celery_url) == pika_form
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-CLIENT = r'''
+CLIENT = r"""
 import json, os, sys, threading, time
 import torch
 import client as sy
@@ -51,15 +51,21 @@ del y
 time.sleep(0.01)
 result["peak_ratio"] = (peak[0] - base) / size
 print(json.dumps(result))
-'''
+"""
 
 
 def run_client(size: int, tmp_path: Path) -> dict[str, Any]:
     script = tmp_path / "big_client.py"
     script.write_text(CLIENT)
     env = {**os.environ, "TENSORFLEET_TIMEOUT": "900"}
-    done = subprocess.run([sys.executable, str(script), str(size)], env=env, capture_output=True,
-                          text=True, timeout=1800, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(script), str(size)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 

@@ -35,8 +35,9 @@ def new_store(client: redis.Redis, namespace: str, part_bytes: int = 1 << 20) ->
     return RedisObjectStore("bob", client, namespace, part_bytes=part_bytes, batch_ttl=60)
 
 
-def test_objects_survive_a_restart_with_grad_and_requires_grad(client: redis.Redis,
-                                                               namespace: str) -> None:
+def test_objects_survive_a_restart_with_grad_and_requires_grad(
+    client: redis.Redis, namespace: str
+) -> None:
     store = new_store(client, namespace)
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     (weight * 3).sum().backward()
@@ -69,8 +70,9 @@ def test_in_place_changes_are_written_when_touched(client: redis.Redis, namespac
     assert torch.equal(restarted.objects[1], torch.full((3,), 5.0))
 
 
-def test_created_and_deleted_in_one_message_is_never_written(client: redis.Redis,
-                                                             namespace: str) -> None:
+def test_created_and_deleted_in_one_message_is_never_written(
+    client: redis.Redis, namespace: str
+) -> None:
     store = new_store(client, namespace)
     store.put(1, torch.ones(2))
     store.pop(1)
@@ -81,8 +83,7 @@ def test_created_and_deleted_in_one_message_is_never_written(client: redis.Redis
     assert not client.exists(keys.tensor_parts(namespace, "bob", 1))
 
 
-def test_a_message_that_changed_nothing_writes_nothing(client: redis.Redis,
-                                                       namespace: str) -> None:
+def test_a_message_that_changed_nothing_writes_nothing(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
     store.commit("c:1", [("reply", "q", b"pong")])
     assert not client.exists(keys.batch(namespace, "bob", "c:1"))
@@ -100,8 +101,9 @@ def test_deleting_a_persisted_object_removes_it(client: redis.Redis, namespace: 
     assert client.hlen(keys.failures(namespace, "bob")) == 0
 
 
-def test_a_failure_replaced_by_an_object_loses_its_marker(client: redis.Redis,
-                                                          namespace: str) -> None:
+def test_a_failure_replaced_by_an_object_loses_its_marker(
+    client: redis.Redis, namespace: str
+) -> None:
     store = new_store(client, namespace)
     store.mark_failed(1, {"type": "ValueError", "message": "x", "command": "op"})
     store.commit("c:1", [])
@@ -126,8 +128,9 @@ def test_large_tensors_are_stored_in_parts(client: redis.Redis, namespace: str) 
     assert not client.exists(keys.tensor_parts(namespace, "bob", 7))
 
 
-def test_clear_forgets_everything_then_keeps_new_objects(client: redis.Redis,
-                                                         namespace: str) -> None:
+def test_clear_forgets_everything_then_keeps_new_objects(
+    client: redis.Redis, namespace: str
+) -> None:
     store = new_store(client, namespace, part_bytes=64)
     store.put(1, torch.ones(100))
     store.put(2, torch.ones(1))
@@ -141,8 +144,9 @@ def test_clear_forgets_everything_then_keeps_new_objects(client: redis.Redis,
     assert not client.exists(keys.tensor_parts(namespace, "bob", 1))
 
 
-def test_an_applied_batch_replays_its_outgoing_messages(client: redis.Redis,
-                                                        namespace: str) -> None:
+def test_an_applied_batch_replays_its_outgoing_messages(
+    client: redis.Redis, namespace: str
+) -> None:
     store = new_store(client, namespace)
     outgoing = [("reply", "q", b"reply-bytes"), ("worker", "alice", b"forward")]
     store.put(1, torch.ones(1))
@@ -154,8 +158,9 @@ def test_an_applied_batch_replays_its_outgoing_messages(client: redis.Redis,
     assert restarted.replay("c:1") is None
 
 
-def test_chunk_parts_come_back_in_order_even_after_a_restart(client: redis.Redis,
-                                                             namespace: str) -> None:
+def test_chunk_parts_come_back_in_order_even_after_a_restart(
+    client: redis.Redis, namespace: str
+) -> None:
     store = new_store(client, namespace)
     assert store.add_part("t1", 2, 3, b"c") is None
     assert store.add_part("t1", 0, 3, b"a") is None

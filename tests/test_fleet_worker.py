@@ -34,8 +34,9 @@ class RawClient:
         self.sender = f"raw-{uuid.uuid4().hex}"
 
     def send(self, worker_id: str, commands: list[Any]) -> None:
-        body = codec.encode(protocol.envelope(next(_batches), self.sender,
-                                              self.transport.reply_address, commands))
+        body = codec.encode(
+            protocol.envelope(next(_batches), self.sender, self.transport.reply_address, commands)
+        )
         self.transport.publish(worker_id, body)
 
     def replies(self, count: int, timeout: float = 60) -> list[list[Any]]:
@@ -50,8 +51,11 @@ class RawClient:
     def call(self, worker_id: str, commands: list[Any]) -> list[Any]:
         """Send commands and return the payload of each reply, in request order."""
         self.send(worker_id, commands)
-        wanted = [command[-1] for command in commands
-                  if command[0] != protocol.DELETE and command[-1] is not None]
+        wanted = [
+            command[-1]
+            for command in commands
+            if command[0] != protocol.DELETE and command[-1] is not None
+        ]
         replies = {request: (ok, payload) for request, ok, payload in self.replies(len(wanted))}
         for request in wanted:
             ok, payload = replies[request]
@@ -72,9 +76,14 @@ def new_id() -> int:
 
 def test_store_op_and_get_through_the_raw_protocol(raw: RawClient) -> None:
     x, y = new_id(), new_id()
-    raw.call("bob", [[protocol.STORE, x, torch.tensor([1.0, 2.0]), None],
-                     [protocol.OP, "torch.add", [Ref(x), Ref(x)], {}, [y], True, None],
-                     [protocol.PING, 1]])
+    raw.call(
+        "bob",
+        [
+            [protocol.STORE, x, torch.tensor([1.0, 2.0]), None],
+            [protocol.OP, "torch.add", [Ref(x), Ref(x)], {}, [y], True, None],
+            [protocol.PING, 1],
+        ],
+    )
     (value,) = raw.call("bob", [[protocol.GET, Ref(y), 2]])
     assert torch.equal(value, torch.tensor([2.0, 4.0]))
     raw.call("bob", [[protocol.DELETE, x], [protocol.PING, 3]])
@@ -84,16 +93,20 @@ def test_sigkill_and_restart_keeps_every_acknowledged_object(fleet: Any, raw: Ra
     w, p, later = new_id(), new_id(), new_id()
     weight = torch.tensor([1.0, -2.0], requires_grad=True)
     (weight * weight).sum().backward()
-    raw.call("bob", [[protocol.STORE, w, weight, 1],
-                     [protocol.STORE, p, PointerRecord("alice", 5, False, (1,), "float32", False),
-                      2]])
+    raw.call(
+        "bob",
+        [
+            [protocol.STORE, w, weight, 1],
+            [protocol.STORE, p, PointerRecord("alice", 5, False, (1,), "float32", False), 2],
+        ],
+    )
     fleet.kill("bob")
     # sent while bob is down: it waits in bob's durable queue
     raw.send("bob", [[protocol.STORE, later, torch.arange(3), None]])
     fleet.start("bob")
-    got_weight, got_pointer, got_later = raw.call("bob", [[protocol.GET, Ref(w), 3],
-                                                          [protocol.GET, Ref(p), 4],
-                                                          [protocol.GET, Ref(later), 5]])
+    got_weight, got_pointer, got_later = raw.call(
+        "bob", [[protocol.GET, Ref(w), 3], [protocol.GET, Ref(p), 4], [protocol.GET, Ref(later), 5]]
+    )
     assert torch.equal(got_weight.detach(), weight.detach()) and got_weight.requires_grad
     assert torch.equal(got_weight.grad, weight.grad)
     assert got_pointer == PointerRecord("alice", 5, False, (1,), "float32", False)
@@ -116,13 +129,21 @@ def _close_connections(name_part: str) -> int:
     """Close, from RabbitMQ's side, every connection whose name contains ``name_part``."""
     listing = subprocess.run(
         ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q", "--no-table-headers"],
-        capture_output=True, text=True, check=True, timeout=60).stdout
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     closed = 0
     for line in listing.splitlines():
         pid, _, properties = line.partition("\t")
         if name_part in properties:
-            subprocess.run(["rabbitmqctl", "close_connection", pid, "test drop"],
-                           capture_output=True, check=True, timeout=60)
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "test drop"],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            )
             closed += 1
     return closed
 
@@ -168,10 +189,15 @@ def test_two_clients_on_one_worker_get_only_their_own_replies(fleet: Any) -> Non
 
 def plain_celery_app(running: Any) -> Celery:
     """What a plain Celery caller configures (see the README section in the report)."""
-    app = Celery("caller", broker=running.settings.broker_url, backend="rpc://",
-                 set_as_current=False)
-    app.conf.update(task_serializer="msgpack", result_serializer="msgpack",
-                    accept_content=["msgpack"], result_accept_content=["msgpack"])
+    app = Celery(
+        "caller", broker=running.settings.broker_url, backend="rpc://", set_as_current=False
+    )
+    app.conf.update(
+        task_serializer="msgpack",
+        result_serializer="msgpack",
+        accept_content=["msgpack"],
+        result_accept_content=["msgpack"],
+    )
     return app
 
 
@@ -179,9 +205,17 @@ def test_a_plain_celery_caller_gets_the_reply_as_the_task_result(fleet: Any) -> 
     app = plain_celery_app(fleet)
     obj = new_id()
     sender = f"celery-{uuid.uuid4().hex}"
-    store = codec.encode(protocol.envelope(1, sender, None, [
-        [protocol.STORE, obj, torch.tensor([7.0, 8.0]), None],
-        [protocol.OP, "torch.mul", [Ref(obj), 3.0], {}, [obj + 1], True, 1]]))
+    store = codec.encode(
+        protocol.envelope(
+            1,
+            sender,
+            None,
+            [
+                [protocol.STORE, obj, torch.tensor([7.0, 8.0]), None],
+                [protocol.OP, "torch.mul", [Ref(obj), 3.0], {}, [obj + 1], True, 1],
+            ],
+        )
+    )
     queue = topology.worker_queue("bob", fleet.namespace)
     result = app.send_task(TASK_NAME, args=[store], queue=queue).get(timeout=60)
     assert codec.decode(result)["replies"] == [[1, True, [[[2], "float32", False]]]]
@@ -229,21 +263,31 @@ def test_hostile_messages_are_dead_lettered_with_a_reason(fleet: Any, raw: RawCl
     connection = pika.BlockingConnection(pika.URLParameters(pika_url(fleet.settings.broker_url)))
     channel = connection.channel()
 
-    def publish(payload: bytes, content_type: str, extra: dict[str, Any] | None = None,
-                task: bool = True) -> None:
+    def publish(
+        payload: bytes, content_type: str, extra: dict[str, Any] | None = None, task: bool = True
+    ) -> None:
         headers = dict(task_message(b"", str(uuid.uuid4()), "test")[0]) if task else {}
         headers.update(extra or {})
         headers["x-test-tag"] = tag
-        channel.basic_publish("", queue, payload, pika.BasicProperties(
-            headers=headers, content_type=content_type, content_encoding="binary"))
+        channel.basic_publish(
+            "",
+            queue,
+            payload,
+            pika.BasicProperties(
+                headers=headers, content_type=content_type, content_encoding="binary"
+            ),
+        )
 
-    unknown_op = codec.encode(protocol.envelope(1, f"evil-{tag}", raw.transport.reply_address,
-                                                [["frobnicate", 1, None]]))
+    unknown_op = codec.encode(
+        protocol.envelope(1, f"evil-{tag}", raw.transport.reply_address, [["frobnicate", 1, None]])
+    )
     publish(task_message(unknown_op, "t", "test")[1], "application/x-msgpack")
     publish(b"\xc1\xff garbage", "application/x-msgpack")
     publish(pickle.dumps(([b"x"], {}, {})), "application/x-python-serialize")
-    publish(msgpack.packb([[b"\x00" * (fleet.settings.max_message_bytes + 2**21)], {}, {}]),
-            "application/x-msgpack")
+    publish(
+        msgpack.packb([[b"\x00" * (fleet.settings.max_message_bytes + 2**21)], {}, {}]),
+        "application/x-msgpack",
+    )
     publish(msgpack.packb([[b"not an envelope"], {}, {}]), "application/x-msgpack")
     publish(b"{}", "application/json", task=False)
     publish(msgpack.packb([[], {}, {}]), "application/x-msgpack", {"task": "os.system"})

@@ -20,45 +20,59 @@ def test_defaults_match_the_documented_contract() -> None:
 
 
 def test_every_variable_is_read() -> None:
-    settings = Settings.from_env({
-        "TENSORFLEET_BROKER_URL": "amqp://u:p@rabbit:5673/vh",
-        "TENSORFLEET_REDIS_URL": "redis://cache:6380/3",
-        "TENSORFLEET_TIMEOUT": "2.5",
-        "TENSORFLEET_NAMESPACE": "test-run.1",
-        "TENSORFLEET_MAX_MESSAGE_BYTES": "1_048_576",
-        "TENSORFLEET_MAX_OBJECT_BYTES": "4096",
-        "TENSORFLEET_BATCH_SIZE": "10",
-        "TENSORFLEET_PREFETCH": "4",
-        "TENSORFLEET_BATCH_TTL": "60",
-        "TENSORFLEET_CONNECT_RETRIES": "0",
-        "TENSORFLEET_WORKER_ID": "secure_worker",
-    })
+    settings = Settings.from_env(
+        {
+            "TENSORFLEET_BROKER_URL": "amqp://u:p@rabbit:5673/vh",
+            "TENSORFLEET_REDIS_URL": "redis://cache:6380/3",
+            "TENSORFLEET_TIMEOUT": "2.5",
+            "TENSORFLEET_NAMESPACE": "test-run.1",
+            "TENSORFLEET_MAX_MESSAGE_BYTES": "1_048_576",
+            "TENSORFLEET_MAX_OBJECT_BYTES": "4096",
+            "TENSORFLEET_BATCH_SIZE": "10",
+            "TENSORFLEET_PREFETCH": "4",
+            "TENSORFLEET_BATCH_TTL": "60",
+            "TENSORFLEET_CONNECT_RETRIES": "0",
+            "TENSORFLEET_WORKER_ID": "secure_worker",
+        }
+    )
     expected = {
-        "broker_url": "amqp://u:p@rabbit:5673/vh", "redis_url": "redis://cache:6380/3",
-        "timeout": 2.5, "namespace": "test-run.1", "max_message_bytes": 1_048_576,
-        "max_object_bytes": 4096, "batch_size": 10, "prefetch": 4, "batch_ttl": 60,
-        "connect_retries": 0, "worker_id": "secure_worker",
+        "broker_url": "amqp://u:p@rabbit:5673/vh",
+        "redis_url": "redis://cache:6380/3",
+        "timeout": 2.5,
+        "namespace": "test-run.1",
+        "max_message_bytes": 1_048_576,
+        "max_object_bytes": 4096,
+        "batch_size": 10,
+        "prefetch": 4,
+        "batch_ttl": 60,
+        "connect_retries": 0,
+        "worker_id": "secure_worker",
     }
     assert {name: getattr(settings, name) for name in expected} == expected
 
 
 def test_empty_values_take_the_default() -> None:
-    assert Settings.from_env({"TENSORFLEET_TIMEOUT": " ", "TENSORFLEET_NAMESPACE": ""}) == Settings()
+    assert (
+        Settings.from_env({"TENSORFLEET_TIMEOUT": " ", "TENSORFLEET_NAMESPACE": ""}) == Settings()
+    )
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("TENSORFLEET_TIMEOUT", "soon"),
-    ("TENSORFLEET_TIMEOUT", "-1"),
-    ("TENSORFLEET_TIMEOUT", "inf"),
-    ("TENSORFLEET_BATCH_SIZE", "0"),
-    ("TENSORFLEET_BATCH_SIZE", "1.5"),
-    ("TENSORFLEET_MAX_MESSAGE_BYTES", str(RABBITMQ_MAX_MESSAGE_BYTES)),
-    ("TENSORFLEET_NAMESPACE", "has space"),
-    ("TENSORFLEET_NAMESPACE", "a:b"),
-    ("TENSORFLEET_BROKER_URL", "http://localhost"),
-    ("TENSORFLEET_REDIS_URL", "localhost:6379"),
-    ("TENSORFLEET_WORKER_ID", "bob smith"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TENSORFLEET_TIMEOUT", "soon"),
+        ("TENSORFLEET_TIMEOUT", "-1"),
+        ("TENSORFLEET_TIMEOUT", "inf"),
+        ("TENSORFLEET_BATCH_SIZE", "0"),
+        ("TENSORFLEET_BATCH_SIZE", "1.5"),
+        ("TENSORFLEET_MAX_MESSAGE_BYTES", str(RABBITMQ_MAX_MESSAGE_BYTES)),
+        ("TENSORFLEET_NAMESPACE", "has space"),
+        ("TENSORFLEET_NAMESPACE", "a:b"),
+        ("TENSORFLEET_BROKER_URL", "http://localhost"),
+        ("TENSORFLEET_REDIS_URL", "localhost:6379"),
+        ("TENSORFLEET_WORKER_ID", "bob smith"),
+    ],
+)
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         Settings.from_env({variable: value})

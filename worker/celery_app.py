@@ -59,8 +59,7 @@ log = logging.getLogger(__name__)
 
 #: Room for the task envelope around a chunk of TENSORFLEET_MAX_MESSAGE_BYTES.
 _HEADROOM = 1024 * 1024
-_RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5,
-                 "interval_max": 2.0}
+_RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
 
 
 def make_app(settings: Settings) -> Celery:
@@ -100,15 +99,21 @@ class FleetRuntime:
         self.settings = settings
         self.namespace = settings.namespace
         self.queue = topology.worker_queue(worker_id, settings.namespace)
-        self.store = RedisObjectStore(worker_id, connect(settings.redis_url), settings.namespace,
-                                      part_bytes=settings.max_message_bytes,
-                                      batch_ttl=settings.batch_ttl)
+        self.store = RedisObjectStore(
+            worker_id,
+            connect(settings.redis_url),
+            settings.namespace,
+            part_bytes=settings.max_message_bytes,
+            batch_ttl=settings.batch_ttl,
+        )
         self.engine = Engine(worker_id, self.store)
         self.stale = True
-        self.dead_letter_exchange = Exchange(topology.dead_letter_exchange(self.namespace),
-                                             "fanout", durable=True)
-        self.dead_letter_queue = Queue(topology.dead_letter_queue(self.namespace),
-                                       self.dead_letter_exchange, durable=True)
+        self.dead_letter_exchange = Exchange(
+            topology.dead_letter_exchange(self.namespace), "fanout", durable=True
+        )
+        self.dead_letter_queue = Queue(
+            topology.dead_letter_queue(self.namespace), self.dead_letter_exchange, durable=True
+        )
         self._queues: dict[str, Queue] = {}
 
     def load(self) -> int:
@@ -122,8 +127,9 @@ class FleetRuntime:
         queue = self._queues.get(worker_id)
         if queue is None:
             name = topology.worker_queue(worker_id, self.namespace)
-            queue = self._queues[worker_id] = Queue(name, Exchange(name, "direct", durable=True),
-                                                    name, durable=True)
+            queue = self._queues[worker_id] = Queue(
+                name, Exchange(name, "direct", durable=True), name, durable=True
+            )
         return queue
 
     # ------------------------------------------------------------------ publishing
@@ -138,37 +144,68 @@ class FleetRuntime:
                     queue = self.worker_queue(address)
                     for chunk, part in split(body, limit):
                         task_id = new_task_id()
-                        headers, payload = task_message(part, task_id, self.worker_id, chunk,
-                                                        forward=True)
-                        producer.publish(payload, exchange="", routing_key=queue.name,
-                                         headers=headers, correlation_id=task_id,
-                                         delivery_mode=PERSISTENT, declare=[queue], retry=True,
-                                         retry_policy=_RETRY_POLICY, **message_properties())
+                        headers, payload = task_message(
+                            part, task_id, self.worker_id, chunk, forward=True
+                        )
+                        producer.publish(
+                            payload,
+                            exchange="",
+                            routing_key=queue.name,
+                            headers=headers,
+                            correlation_id=task_id,
+                            delivery_mode=PERSISTENT,
+                            declare=[queue],
+                            retry=True,
+                            retry_policy=_RETRY_POLICY,
+                            **message_properties(),
+                        )
                 elif kind == "reply":
                     for chunk, part in split(body, limit):
                         headers = {} if chunk is None else {CHUNK_HEADER: chunk.to_wire()}
-                        producer.publish(bytes(part), exchange="", routing_key=address,
-                                         headers=headers, delivery_mode=TRANSIENT, retry=True,
-                                         retry_policy=_RETRY_POLICY, **message_properties())
+                        producer.publish(
+                            bytes(part),
+                            exchange="",
+                            routing_key=address,
+                            headers=headers,
+                            delivery_mode=TRANSIENT,
+                            retry=True,
+                            retry_policy=_RETRY_POLICY,
+                            **message_properties(),
+                        )
                 else:
                     log.error("engine produced an outgoing message of unknown kind %r", kind)
 
-    def dead_letter(self, body: bytes, reason: str, *, content_type: str | None = None,
-                    content_encoding: str | None = None,
-                    headers: dict[str, Any] | None = None) -> None:
+    def dead_letter(
+        self,
+        body: bytes,
+        reason: str,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
         """Keep a refused message in the dead-letter queue, with why it was refused."""
-        headers = {key: value for key, value in (headers or {}).items()
-                   if isinstance(value, str | int | float | bool | bytes | type(None))}
+        headers = {
+            key: value
+            for key, value in (headers or {}).items()
+            if isinstance(value, str | int | float | bool | bytes | type(None))
+        }
         headers[topology.REASON_HEADER] = reason
         headers[topology.ORIGIN_HEADER] = self.queue
         log.warning("dead-lettering a message from %s: %s", self.queue, reason)
         with app.producer_or_acquire() as producer:
-            producer.publish(body, exchange=self.dead_letter_exchange, routing_key=self.queue,
-                             headers=headers,
-                             content_type=content_type or "application/octet-stream",
-                             content_encoding=content_encoding or "binary",
-                             delivery_mode=PERSISTENT, declare=[self.dead_letter_queue],
-                             retry=True, retry_policy=_RETRY_POLICY)
+            producer.publish(
+                body,
+                exchange=self.dead_letter_exchange,
+                routing_key=self.queue,
+                headers=headers,
+                content_type=content_type or "application/octet-stream",
+                content_encoding=content_encoding or "binary",
+                delivery_mode=PERSISTENT,
+                declare=[self.dead_letter_queue],
+                retry=True,
+                retry_policy=_RETRY_POLICY,
+            )
 
     def dead_letter_envelope(self, body: bytes, reason: str, request: Any = None) -> None:
         """Dead-letter an envelope that arrived inside a valid task message.
@@ -178,8 +215,9 @@ class FleetRuntime:
         """
         headers, payload = task_message(body, new_task_id(), self.worker_id)
         if request is not None:
-            headers.update({key: value for key, value in vars(request).items()
-                            if key.startswith("x-")})
+            headers.update(
+                {key: value for key, value in vars(request).items() if key.startswith("x-")}
+            )
         self.dead_letter(payload, reason, headers=headers, **message_properties())
 
 
@@ -193,8 +231,9 @@ def start_runtime(worker_id: str, settings: Settings | None = None) -> FleetRunt
     count = runtime.load()
     with app.connection_for_write() as connection:  # the dead-letter queue exists from the start
         runtime.dead_letter_queue.bind(connection.default_channel).declare()
-    log.info("worker %s serving %s with %d objects loaded from Redis", worker_id, runtime.queue,
-             count)
+    log.info(
+        "worker %s serving %s with %d objects loaded from Redis", worker_id, runtime.queue, count
+    )
     _runtime = runtime
     return runtime
 
@@ -203,8 +242,11 @@ def get_runtime() -> FleetRuntime:
     if _runtime is None:
         worker_id = get_settings().worker_id
         if worker_id is None:
-            raise ConfigurationError("TENSORFLEET_WORKER_ID", "", "the id of this worker, or "
-                                     "start it with `tensorfleet worker <id>`")
+            raise ConfigurationError(
+                "TENSORFLEET_WORKER_ID",
+                "",
+                "the id of this worker, or start it with `tensorfleet worker <id>`",
+            )
         return start_runtime(worker_id)
     return _runtime
 
@@ -222,9 +264,12 @@ def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None
         ids = [worker_id for worker_id in found if worker_id]
         if len(ids) != 1:
             raise ConfigurationError(
-                "TENSORFLEET_WORKER_ID", "", "a worker id: set it, or consume exactly one "
+                "TENSORFLEET_WORKER_ID",
+                "",
+                "a worker id: set it, or consume exactly one "
                 f"{topology.worker_queue('<id>', settings.namespace)} queue with -Q "
-                f"(got {names})")
+                f"(got {names})",
+            )
         worker_id = ids[0]
     start_runtime(worker_id, settings)
 
@@ -232,8 +277,15 @@ def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None
 # ---------------------------------------------------------------------- the task
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-          ignore_result=False, typing=False, Strategy="worker.celery_app:fleet_strategy")
+@app.task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=False,
+    typing=False,
+    Strategy="worker.celery_app:fleet_strategy",
+)
 def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | None:
     """Run one envelope (or one part of a chunked one) on this worker's engine."""
     runtime = get_runtime()
@@ -245,8 +297,9 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
         if chunk is not None:
             part = Chunk.from_wire(chunk)
             if part.total > runtime.settings.max_object_bytes:
-                raise MessageTooLargeError(part.total, runtime.settings.max_object_bytes,
-                                           "chunked message")
+                raise MessageTooLargeError(
+                    part.total, runtime.settings.max_object_bytes, "chunked message"
+                )
             parts = runtime.store.add_part(part.transfer, part.index, part.count, body)
             if parts is None:
                 return None
@@ -255,8 +308,10 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
         request = self.request
         # a TensorFleet client's first delivery cannot be a repeat: skip the replay lookup
         runtime.store.first_delivery = direct and not (
-            getattr(request, FORWARD_HEADER, False) or chunk is not None
-            or (request.delivery_info or {}).get("redelivered", True))
+            getattr(request, FORWARD_HEADER, False)
+            or chunk is not None
+            or (request.delivery_info or {}).get("redelivered", True)
+        )
         try:
             result = runtime.engine.handle(body)
         except MalformedMessageError as error:
@@ -290,26 +345,40 @@ def _refusal(message: Any, limit: int) -> str | None:
     """Why a message for ``tensorfleet.execute`` must be refused, or None to run it."""
     content_type = message.content_type or ""
     if content_type != codec.CONTENT_TYPE:
-        return (f"content type {content_type!r} refused: TensorFleet accepts only "
-                f"{codec.CONTENT_TYPE} (never pickle)")
+        return (
+            f"content type {content_type!r} refused: TensorFleet accepts only "
+            f"{codec.CONTENT_TYPE} (never pickle)"
+        )
     size = len(message.body)
     if size > limit:
-        return (f"message of {size} bytes is above TENSORFLEET_MAX_MESSAGE_BYTES + headroom "
-                f"({limit}); big bodies must be sent in chunks")
+        return (
+            f"message of {size} bytes is above TENSORFLEET_MAX_MESSAGE_BYTES + headroom "
+            f"({limit}); big bodies must be sent in chunks"
+        )
     try:  # kombu caches the decoded payload: Celery's own strategy reuses it
         args, kwargs, _embed = message.payload
     except Exception as error:
         return f"body is not a msgpack [args, kwargs, embed] task payload ({type(error).__name__})"
-    if (not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], bytes)
-            or not isinstance(kwargs, dict) or set(kwargs) - {"chunk"}):
+    if (
+        not isinstance(args, list)
+        or len(args) != 1
+        or not isinstance(args[0], bytes)
+        or not isinstance(kwargs, dict)
+        or set(kwargs) - {"chunk"}
+    ):
         return "task arguments must be [envelope bytes] with at most a 'chunk' keyword"
     return None
 
 
 def _refuse(message: Any, reason: str) -> None:
     runtime = get_runtime()
-    runtime.dead_letter(message.body, reason, content_type=message.content_type,
-                        content_encoding=message.content_encoding, headers=message.headers)
+    runtime.dead_letter(
+        message.body,
+        reason,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=message.headers,
+    )
     message.ack()
 
 

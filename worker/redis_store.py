@@ -24,7 +24,7 @@ import redis
 import redis.exceptions
 import torch
 from redis.backoff import ExponentialBackoff
-from redis.connection import Encoder, PythonRespSerializer
+from redis.connection import Encoder, PythonRespSerializer  # type: ignore[attr-defined]
 from redis.retry import Retry
 
 from broker import codec
@@ -66,19 +66,28 @@ def connect(url: str) -> redis.Redis:
     it into the command (160 MB/s measured, against 430 MB/s).
     """
     encoder = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)
-    return redis.Redis.from_url(
-        url, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
-        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
-        health_check_interval=30, socket_keepalive=True,
-        command_packer=PythonRespSerializer(6000, encoder.encode),
-    )
+    options: dict[str, Any] = {  # command_packer is newer than the type stubs
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+        "command_packer": PythonRespSerializer(6000, encoder.encode),
+    }
+    return redis.Redis.from_url(url, **options)
 
 
 class RedisObjectStore(ObjectStore):
     """An :class:`ObjectStore` that persists every object of ``worker_id`` under ``namespace``."""
 
-    def __init__(self, worker_id: str, client: redis.Redis, namespace: str, *,
-                 part_bytes: int = 64 * 1024 * 1024, batch_ttl: int = 3600) -> None:
+    def __init__(
+        self,
+        worker_id: str,
+        client: redis.Redis,
+        namespace: str,
+        *,
+        part_bytes: int = 64 * 1024 * 1024,
+        batch_ttl: int = 3600,
+    ) -> None:
         super().__init__(worker_id)
         self.redis = client
         self.namespace = namespace
@@ -132,8 +141,10 @@ class RedisObjectStore(ObjectStore):
         data = self._call(self.redis.get, keys.batch(self.namespace, self.worker_id, batch_key))
         if data is None:
             return None
-        return [(str(kind), str(address), bytes(body))
-                for kind, address, body in msgpack.unpackb(data, raw=False)]
+        return [
+            (str(kind), str(address), bytes(body))
+            for kind, address, body in msgpack.unpackb(data, raw=False)
+        ]
 
     def commit(self, batch_key: str, outgoing: list[Outgoing]) -> None:
         """Write what changed and the batch marker in one MULTI/EXEC transaction.
@@ -146,9 +157,15 @@ class RedisObjectStore(ObjectStore):
         pipe = self.redis.pipeline(transaction=True)
         persisted = dict(self._persisted)
         if self._cleared:
-            pipe.delete(self._objects_key, self._failures_key,
-                        *(keys.tensor_parts(self.namespace, self.worker_id, obj_id)
-                          for obj_id, kind in persisted.items() if kind == _LARGE))
+            pipe.delete(
+                self._objects_key,
+                self._failures_key,
+                *(
+                    keys.tensor_parts(self.namespace, self.worker_id, obj_id)
+                    for obj_id, kind in persisted.items()
+                    if kind == _LARGE
+                ),
+            )
             persisted.clear()
         records: dict[str, bytes] = {}
         failures: dict[str, bytes] = {}
@@ -187,9 +204,11 @@ class RedisObjectStore(ObjectStore):
         if drop_failures:
             pipe.hdel(self._failures_key, *drop_failures)
         marker = outgoing if sum(len(body) for _, _, body in outgoing) <= REPLAY_LIMIT else []
-        pipe.set(keys.batch(self.namespace, self.worker_id, batch_key),
-                 msgpack.packb([list(item) for item in marker], use_bin_type=True),
-                 ex=self.batch_ttl)
+        pipe.set(
+            keys.batch(self.namespace, self.worker_id, batch_key),
+            msgpack.packb([list(item) for item in marker], use_bin_type=True),
+            ex=self.batch_ttl,
+        )
         self._call(pipe.execute)
         self._persisted = persisted
         self._dirty.clear()
@@ -213,8 +232,12 @@ class RedisObjectStore(ObjectStore):
                 return _PLAN + codec.encode(wire)
             return _VALUE + codec.encode(obj)
         except TypeError:
-            log.warning("object %s on %s (%s) cannot be persisted; it lives in memory only",
-                        obj_id, self.worker_id, type(obj).__name__)
+            log.warning(
+                "object %s on %s (%s) cannot be persisted; it lives in memory only",
+                obj_id,
+                self.worker_id,
+                type(obj).__name__,
+            )
             return None
 
     # -- start-up --------------------------------------------------------------------------
@@ -231,8 +254,9 @@ class RedisObjectStore(ObjectStore):
             try:
                 obj = self._decode_record(obj_id, record)
             except (MalformedMessageError, NotImplementedError, ValueError) as error:
-                log.error("object %s of %s cannot be loaded (%s); skipped", obj_id,
-                          self.worker_id, error)
+                log.error(
+                    "object %s of %s cannot be loaded (%s); skipped", obj_id, self.worker_id, error
+                )
                 continue
             self.objects[obj_id] = obj
             self._persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
@@ -279,8 +303,9 @@ class RedisObjectStore(ObjectStore):
             return None
         missing = [str(i) for i in range(count) if i not in held]
         if missing:  # parts that arrived before a restart
-            for field, value in zip(missing, self._call(self.redis.hmget, key, missing),
-                                    strict=True):
+            for field, value in zip(
+                missing, self._call(self.redis.hmget, key, missing), strict=True
+            ):
                 if value is None:
                     raise MalformedMessageError(f"transfer {transfer_id} lost part {field}")
                 held[int(field)] = value

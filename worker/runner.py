@@ -24,11 +24,16 @@ def worker_argv(worker_id: str, namespace: str, loglevel: str = "INFO") -> list[
     """The ``celery worker`` arguments of worker ``worker_id``."""
     return [
         "worker",
-        "--pool", "solo",
-        "--concurrency", "1",
-        "--queues", topology.worker_queue(worker_id, namespace),
-        "--hostname", f"{worker_id}.{namespace}@%h",
-        "--loglevel", loglevel,
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--queues",
+        topology.worker_queue(worker_id, namespace),
+        "--hostname",
+        f"{worker_id}.{namespace}@%h",
+        "--loglevel",
+        loglevel,
         # gossip and mingle only add start-up delay and broadcast traffic to a solo
         # worker that shares nothing with its peers; heartbeats stay on (floors.md).
         "--without-gossip",
@@ -54,8 +59,9 @@ def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
     for worker_id in worker_ids:
         topology.worker_queue(worker_id, namespace)
     processes = [
-        subprocess.Popen([sys.executable, "-m", "client.cli", "worker", worker_id,
-                          "--loglevel", loglevel])
+        subprocess.Popen(
+            [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel]
+        )
         for worker_id in worker_ids
     ]
     stopping = False
