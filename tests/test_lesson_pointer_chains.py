@@ -84,7 +84,9 @@ def test_x_equals_x_send_alice_keeps_the_data(bob, alice):
     assert repr(x) == f"(Wrapper)>[PointerTensor | me:{x.id} -> alice:{first_pointer_id}]"
 
 
-def test_get_on_pointer_to_pointer_returns_the_inner_pointer(bob, alice):
+@pytest.mark.parametrize("names", [("bob", "alice"), ("julie", "toby")])
+def test_get_on_pointer_to_pointer_returns_the_inner_pointer(make_worker, names):
+    bob, alice = (make_worker(name) for name in names)
     x_ptr = torch.tensor([1, 2, 3, 4]).send(bob)
     data_id = x_ptr.id_at_location
     pointer_to_x_ptr = x_ptr.send(alice)
@@ -93,7 +95,7 @@ def test_get_on_pointer_to_pointer_returns_the_inner_pointer(bob, alice):
 
     assert inner.location is bob
     assert inner.id_at_location == data_id
-    assert repr(inner) == f"(Wrapper)>[PointerTensor | me:{inner.id} -> bob:{data_id}]"
+    assert repr(inner) == f"(Wrapper)>[PointerTensor | me:{inner.id} -> {bob.id}:{data_id}]"
     assert alice._objects == {}
     assert_tensor_store(bob, {data_id: torch.tensor([1, 2, 3, 4])})
     # TensorFleet: the returned pointer owns bob's data (PySyft leaked it)
@@ -134,33 +136,43 @@ def test_send_send_then_get_get(bob, alice):
     assert bob._objects == {}
 
 
-def test_arithmetic_on_pointer_to_pointer(bob, alice):
-    # lesson 000 cells 13-16, 002 §3.1, 003 cells 47-55 (with julie/toby as bob/alice)
-    p2p = torch.tensor([123, 13]).send(bob).send(alice)
+@pytest.mark.parametrize(
+    ("names", "values"),
+    [
+        (("bob", "alice"), [1, 2, 3, 4, 5]),  # lesson 000 cells 13-16, 001 cells 29-36, 002 §3.1
+        (("julie", "toby"), [123, 13]),  # lesson 003 cells 47-55
+    ],
+)
+def test_arithmetic_on_pointer_to_pointer(make_worker, names, values):
+    bob, alice = (make_worker(name) for name in names)
+    holder, middle = names
+    original = torch.tensor(values)
+    doubled = original * 2
+    p2p = original.clone().send(bob).send(alice)
     (data_id,) = bob._objects
 
     y = p2p + p2p
 
     assert y.location is alice
-    assert y.shape == torch.Size([2])
+    assert y.shape == original.shape
     assert y.dtype == torch.int64
-    assert repr(y) == f"(Wrapper)>[PointerTensor | me:{y.id} -> alice:{y.id_at_location}]"
+    assert repr(y) == f"(Wrapper)>[PointerTensor | me:{y.id} -> {middle}:{y.id_at_location}]"
     alice_store = alice._objects
     assert set(alice_store) == {p2p.id_at_location, y.id_at_location}
-    assert all(worker_id(stored.location) == "bob" for stored in alice_store.values())
+    assert all(worker_id(stored.location) == holder for stored in alice_store.values())
     result_id = alice_store[y.id_at_location].id_at_location
     assert result_id != data_id
     assert_pointer_store(
-        alice, {p2p.id_at_location: ("bob", data_id), y.id_at_location: ("bob", result_id)}
+        alice, {p2p.id_at_location: (holder, data_id), y.id_at_location: (holder, result_id)}
     )
-    assert_tensor_store(bob, {data_id: torch.tensor([123, 13]), result_id: torch.tensor([246, 26])})
+    assert_tensor_store(bob, {data_id: original, result_id: doubled})
 
-    assert torch.equal(y.get().get(), torch.tensor([246, 26]))
+    assert torch.equal(y.get().get(), doubled)
 
-    assert_tensor_store(bob, {data_id: torch.tensor([123, 13])})
-    assert_pointer_store(alice, {p2p.id_at_location: ("bob", data_id)})
+    assert_tensor_store(bob, {data_id: original})
+    assert_pointer_store(alice, {p2p.id_at_location: (holder, data_id)})
 
-    assert torch.equal(p2p.get().get(), torch.tensor([123, 13]))
+    assert torch.equal(p2p.get().get(), original)
 
     assert bob._objects == {}
     assert alice._objects == {}
