@@ -25,8 +25,27 @@ def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:
     yield from (buffer for buffer in module.buffers() if buffer is not None)
 
 
+def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    named: list[tuple[str, torch.Tensor]] = list(module.named_parameters())
+    named.extend((name, buffer) for name, buffer in module.named_buffers() if buffer is not None)
+    return named
+
+
+def _held_by_a_graph(tensor: torch.Tensor) -> bool:
+    """Whether an autograd graph saved ``tensor`` (torch.utils.swap_tensors would refuse it).
+
+    A leaf's own AccumulateGrad node is one extra use; anything beyond is a saved tensor.
+    """
+    uses: int = tensor._use_count()  # type: ignore[attr-defined]
+    return uses > 2 or (uses == 2 and not tensor.is_leaf)
+
+
 def module_send(self: nn.Module, *locations: Any) -> nn.Module:
-    """Send every parameter to the worker, in place; returns the module."""
+    """Send every parameter to the worker, in place; returns the module.
+
+    All or nothing: if a local autograd graph still uses a parameter, nothing is sent
+    and the error says what to do.
+    """
     from client.remote import send_pointer, send_tensor
 
     if len(locations) != 1:
@@ -34,12 +53,28 @@ def module_send(self: nn.Module, *locations: Any) -> nn.Module:
             "Inplace send to several workers is currently not supported: "
             "send model.copy() to each worker instead."
         )
-    for tensor in list(_tensors(self)):
-        if type(tensor) is PointerTensor:
-            pointer = send_pointer(tensor, locations)
-        else:
-            pointer = send_tensor(tensor, locations)
-        torch.utils.swap_tensors(tensor, pointer)
+    named = _named_tensors(self)
+    for name, tensor in named:  # check first: a failed swap would poison the graph's nodes
+        if type(tensor) is not PointerTensor and _held_by_a_graph(tensor):
+            raise RuntimeError(
+                f"model.send({getattr(locations[0], 'id', locations[0])}): parameter {name!r} "
+                "is still used by a local autograd graph (an output of a forward pass that was "
+                "not backpropagated, kept in a variable?). Call .backward() on it, del it, or "
+                "compute it under torch.no_grad(), then send the model."
+            )
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        for _, tensor in named:
+            if type(tensor) is PointerTensor:
+                pointer = send_pointer(tensor, locations)
+            else:
+                pointer = send_tensor(tensor, locations)
+            torch.utils.swap_tensors(tensor, pointer)
+            swapped.append((tensor, pointer))
+    except BaseException:
+        for tensor, pointer in reversed(swapped):  # swap back: the module is local again
+            torch.utils.swap_tensors(tensor, pointer)
+        raise
     return self
 
 
