@@ -88,6 +88,11 @@ def test_each_send_gets_its_own_ids(bob):
     b = x.send(bob)
     assert len({a.id, b.id, a.id_at_location, b.id_at_location}) == 4
     assert set(tensors_of(bob)) == {a.id_at_location, b.id_at_location}
+    # the re-send race of PySyft (#4684): dropping the first pointer leaves the second's data
+    kept = b.id_at_location
+    del a
+    assert list(tensors_of(bob)) == [kept]
+    assert torch.equal(b.get(), x)
 
 
 def test_get_returns_the_tensor_and_bob_deletes_it(bob):
