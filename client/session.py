@@ -57,9 +57,11 @@ class Session:
         #: one flush at a time: the periodic flusher and the user's thread both flush
         self._flush_lock = threading.RLock()
         self._flush_interval = flush_interval
+        self._closed = threading.Event()
         if flush_interval is not None:
-            threading.Thread(target=self._flush_periodically, name="tensorfleet-flush",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._flush_periodically, name="tensorfleet-flush", daemon=True
+            ).start()
 
     # ------------------------------------------------------------------ queueing
     def enqueue(self, worker_id: str, command: list[Any] | tuple[Any, ...]) -> None:
@@ -98,13 +100,16 @@ class Session:
     def _flush_periodically(self) -> None:
         """Send commands that waited ``flush_interval`` seconds, so idle pipelines still run."""
         assert self._flush_interval is not None
-        stop = threading.Event()
-        while not stop.wait(self._flush_interval):
+        while not self._closed.wait(self._flush_interval):
             if any(self._queues.values()):
                 try:
                     self.flush()
                 except Exception:  # the next synchronising call reports a broken transport
-                    stop.wait(1.0)
+                    self._closed.wait(1.0)
+
+    def close(self) -> None:
+        """Stop the periodic flusher; queued commands are dropped with the session."""
+        self._closed.set()
 
     def _flush_locked(self) -> None:
         self._queued = 0

@@ -163,13 +163,18 @@ class FleetWorker(BaseWorker):
     def _session(cls) -> Session:
         global _fleet_session
         with cls._lock:
-            if _fleet_session is None:
-                from broker.settings import get_settings
-                from client.fleet import get_fleet_transport
+            from broker.settings import get_settings
+            from client.fleet import get_fleet_transport
 
+            transport = get_fleet_transport()
+            # a new transport (settings changed, or the old one was closed) means a new
+            # conversation: pointers of the old one point into a fleet we no longer reach
+            if _fleet_session is None or _fleet_session.transport is not transport:
+                if _fleet_session is not None:
+                    _fleet_session.close()
                 settings = get_settings()
                 session = Session(
-                    get_fleet_transport(),
+                    transport,
                     timeout=settings.timeout,
                     batch_size=settings.batch_size,
                     flush_interval=settings.flush_interval,
