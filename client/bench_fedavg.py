@@ -1,0 +1,157 @@
+"""FedAvg benchmark: one round of the demo (3 owners, digits), split into compute and transport.
+
+A round is timed end to end (:meth:`FedAvg.fit_round`: copies sent, local epochs
+on every owner, copies moved to the aggregator, the average fetched). Its
+*compute* is the same round replayed on local tensors in this process, timed in
+the same run: the torch work the workers must do, nothing else. Everything
+else, *transport* = round - compute, is what TensorFleet adds: encoding
+commands, messages, dispatch on the workers, and (on the fleet) RabbitMQ,
+Celery and Redis write-through. In-process workers share the client's thread,
+so compute is the sum over owners; fleet owners train at the same time, so
+compute is the critical path (the slowest owner plus the averaging).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from client.bench import Row
+from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
+from client.federated.loader import local_batches
+
+OWNERS = ("bench_bob", "bench_alice", "bench_jon")
+AGGREGATOR = "bench_secure"
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from client.demo import DemoConfig, load_digits_split
+
+    split = load_digits_split(DemoConfig())
+    return split.train_x, split.train_y
+
+
+def _model() -> nn.Module:
+    from client.demo import DemoConfig, make_model
+
+    return make_model(64, DemoConfig.hidden, 10, seed=0)
+
+
+def _local_round(
+    model: nn.Module, shares: Sequence[tuple[torch.Tensor, torch.Tensor]], training: LocalTraining
+) -> tuple[float, float]:
+    """The round on local tensors: (sum over owners, critical path), in seconds."""
+    generator = torch.Generator().manual_seed(1)
+    owner_seconds = []
+    trained = []
+    for data, targets in shares:
+        start = time.perf_counter()
+        local = copy.deepcopy(model)
+        optimizer = training.make_optimizer(local.parameters())
+        train_epochs(
+            local,
+            lambda d=data, t=targets: local_batches(  # type: ignore[misc]
+                d, t, training.batch_size, training.shuffle, training.drop_last, generator
+            ),
+            optimizer,
+            training.loss,
+            training.epochs,
+        )
+        trained.append(local)
+        owner_seconds.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for params in zip(model.parameters(), *(m.parameters() for m in trained), strict=True):
+            average = params[1] * (1 / len(trained))
+            for param in params[2:]:
+                average = average + param * (1 / len(trained))
+            params[0].copy_(average)
+    averaging = time.perf_counter() - start
+    return sum(owner_seconds) + averaging, max(owner_seconds) + averaging
+
+
+def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> list[Row]:
+    from client.federated.dataset import federate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: extra threads only contend
+    try:
+        x, y = _digits()
+        training = LocalTraining(epochs=1 if quick else 3, batch_size=16, lr=0.2)
+        for worker in [*owners, aggregator]:
+            worker.clear_objects()
+        dataset = federate(torch.utils.data.TensorDataset(x, y), owners)
+        shares = [(dataset[w].data.get(), dataset[w].targets.get()) for w in dataset.workers]
+        dataset = federate(torch.utils.data.TensorDataset(x, y), owners)  # (get() took them)
+        strategy = FedAvg(aggregator, training, generator=torch.Generator().manual_seed(1))
+        model = _model()
+        strategy.fit_round(model, dataset)  # warm: shape cache, connections, allocator
+        repeats = 1 if quick else 3
+        best_round = best_fit = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = strategy.fit_round(model, dataset)
+            elapsed = time.perf_counter() - start
+            if elapsed < best_round:
+                best_round, best_fit = elapsed, result.timings["fit"]
+        local_sum = local_path = float("inf")
+        for _ in range(repeats + 1):
+            total, path = _local_round(_model(), shares, training)
+            local_sum, local_path = min(local_sum, total), min(local_path, path)
+        del dataset
+        for worker in [*owners, aggregator]:
+            worker.clear_objects()
+    finally:
+        torch.set_num_threads(threads)
+    parallel = label == "fleet"
+    compute = local_path if parallel else local_sum
+    transport = max(best_round - compute, 0.0)
+    epochs = f"{training.epochs} local epoch{'s' if training.epochs > 1 else ''}"
+    figure = f"{label} FedAvg round (3 owners, digits, {epochs})"
+    return [
+        Row(figure, best_round * 1e3, "ms", "same round, local torch", local_sum * 1e3),
+        Row(
+            f"{label} FedAvg round: compute ({'critical path' if parallel else 'sum'})",
+            compute * 1e3,
+            "ms",
+            "round total",
+            best_round * 1e3,
+        ),
+        Row(
+            f"{label} FedAvg round: transport (round - compute)",
+            transport * 1e3,
+            "ms",
+            "round total",
+            best_round * 1e3,
+        ),
+        Row(
+            f"{label} FedAvg round: aggregation (move, average, get)",
+            (best_round - best_fit) * 1e3,
+            "ms",
+            "round total",
+            best_round * 1e3,
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    """One FedAvg round on in-process workers."""
+    import client as sy
+
+    hook = sy.TorchHook(torch)
+    workers = [sy.VirtualWorker(hook, id=worker_id) for worker_id in (*OWNERS, AGGREGATOR)]
+    return _rows(workers[:-1], workers[-1], quick, "in-process")
+
+
+def run_fleet(quick: bool) -> list[Row]:
+    """One FedAvg round on fleet workers (started on this machine if none answer)."""
+    import client as sy
+    from client.demo import fleet_workers
+
+    with fleet_workers([*OWNERS, AGGREGATOR], sy.TorchHook(torch)) as workers:
+        return _rows(workers[:-1], workers[-1], quick, "fleet")
