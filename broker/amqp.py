@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgpack
 
-from broker.codec import CONTENT_ENCODING, CONTENT_TYPE
+from broker.codec import CONTENT_ENCODING, CONTENT_TYPE, Frames
 from broker.errors import MalformedMessageError, MessageTooLargeError
 
 #: The one Celery task every TensorFleet worker runs.
@@ -39,6 +39,12 @@ PERSISTENT = 2
 TRANSIENT = 1
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+#: Size of the parts a body above the message limit travels in. Parts this small keep
+#: the transient copies on both sides (the task payload, pika's frames, pika's
+#: reassembly of a received body) a small fraction of a big tensor, and let sender,
+#: broker and receiver work on different parts at once.
+CHUNK_BYTES = 16 * 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -91,12 +97,55 @@ def split(body: Buffer, limit: int) -> Iterator[tuple[Chunk | None, memoryview]]
         yield Chunk(transfer, index, count, total, offset), view[offset : offset + limit]
 
 
+def split_pieces(
+    body: Buffer | Frames, limit: int, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tuple[Chunk | None, list[memoryview]]]:
+    """Like :func:`split`, for a body that may be :class:`~broker.codec.Frames`.
+
+    Each part is a list of views of the body's pieces (no copy); a body above
+    ``limit`` travels in parts of at most ``min(limit, chunk_bytes)`` bytes.
+    """
+    pieces = body.parts if isinstance(body, Frames) else (memoryview(body).cast("B"),)
+    total = sum(len(piece) for piece in pieces)
+    if total <= limit:
+        yield None, list(pieces)
+        return
+    size = min(limit, chunk_bytes)
+    transfer = uuid.uuid4().hex
+    count = -(-total // size)
+    index, offset, current, filled = 0, 0, [], 0
+    for piece in pieces:
+        start = 0
+        while start < len(piece):
+            take = min(size - filled, len(piece) - start)
+            current.append(piece[start : start + take])
+            start += take
+            filled += take
+            if filled == size:
+                yield Chunk(transfer, index, count, total, offset), current
+                index, offset, current, filled = index + 1, offset + filled, [], 0
+    if filled:
+        yield Chunk(transfer, index, count, total, offset), current
+
+
+def _bin_header(size: int) -> bytes:
+    if size < 2**8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 2**16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
 def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
 def task_message(
-    body: Buffer, task_id: str, origin: str, chunk: Chunk | None = None, forward: bool = False
+    body: Buffer | list[memoryview],
+    task_id: str,
+    origin: str,
+    chunk: Chunk | None = None,
+    forward: bool = False,
 ) -> tuple[dict[str, Any], bytes]:
     """Headers and msgpack payload of a Celery protocol-v2 ``tensorfleet.execute`` message.
 
@@ -105,6 +154,8 @@ def task_message(
     involved. (A plain Celery caller leaves it unset and gets the reply as the
     task's result.) ``forward`` marks a message one worker sends another.
     """
+    pieces = body if isinstance(body, list) else [memoryview(body).cast("B")]
+    size = sum(len(piece) for piece in pieces)
     headers = {
         "lang": "py",
         "task": TASK_NAME,
@@ -118,7 +169,7 @@ def task_message(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": f"(<{len(body)} bytes>,)",
+        "argsrepr": f"(<{size} bytes>,)",
         "kwargsrepr": "{}" if chunk is None else f"{{'chunk': {chunk.to_wire()!r}}}",
         "origin": origin,
         "ignore_result": True,
@@ -126,8 +177,10 @@ def task_message(
     if forward:
         headers[FORWARD_HEADER] = True
     kwargs = {} if chunk is None else {"chunk": chunk.to_wire()}
-    payload = msgpack.packb([[body], kwargs, _EMBED], use_bin_type=True)
-    return headers, payload
+    # msgpack [[body], kwargs, embed], written around the body's pieces: one copy
+    head = b"\x93\x91" + _bin_header(size)
+    tail = msgpack.packb(kwargs, use_bin_type=True) + msgpack.packb(_EMBED, use_bin_type=True)
+    return headers, b"".join([head, *pieces, tail])
 
 
 def message_properties() -> dict[str, str]:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import safetensors.torch
 import torch
 
 from broker.errors import MalformedMessageError
@@ -36,11 +35,15 @@ EXT_MEMORY_FORMAT = 8
 EXT_DEVICE = 9
 EXT_COMPLEX = 10
 EXT_SLOT = 11  # Plans: a slot marker in a plan's op list (broker.protocol.Slot)
+EXT_ATTACHMENT = 12  # a tensor out of band: "<QQ" offset and length in the attachments
 
 _REF_ATTR_CODES: dict[str | None, int] = {None: 0, "grad": 1, "data": 2}
 _REF_ATTR_NAMES = {code: name for name, code in _REF_ATTR_CODES.items()}
 _REF_STRUCT = struct.Struct("<qB")
 _SLOT_STRUCT = struct.Struct("<I")
+_ATTACHMENT_STRUCT = struct.Struct("<QQ")
+_FRAMED = 0xC1  # "never used" in msgpack: no plain message starts with it
+_FRAME_HEAD = struct.Struct("<BQ")
 
 _DTYPES: dict[str, torch.dtype] = {
     str(dtype).removeprefix("torch."): dtype
@@ -83,10 +86,40 @@ def dtype_from_name(name: str) -> torch.dtype:
 # --------------------------------------------------------------------- tensors
 
 
-def encode_tensor(tensor: torch.Tensor) -> bytes:
-    """One safetensors buffer holding the tensor's data, and its grad if it has one.
+#: safetensors dtype names (the subset TensorFleet sends)
+_SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+}
+_SAFETENSORS_NAMES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
+#: tensors of at least this many bytes travel out of band (see :class:`Frames`)
+OUT_OF_BAND_BYTES = 1024 * 1024
+_ALIGN = 64
 
-    safetensors has no complex128: such tensors travel as their float64 real view.
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, without a copy."""
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    return tensor.reshape(-1).view(torch.uint8).numpy().data.cast("B")
+
+
+def encode_tensor_parts(tensor: torch.Tensor, copy: bool = True) -> list[memoryview]:
+    """A safetensors buffer of the tensor (and its grad) as pieces: header, data, grad.
+
+    With ``copy`` (the default) the data pieces are a private snapshot; without it they
+    are views of the tensor's own memory, for a caller that sends them before anything
+    can change the tensor. safetensors has no complex128: such tensors travel as their
+    float64 real view.
     """
     data = tensor.detach()
     metadata = {
@@ -96,23 +129,104 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
     if data.dtype is torch.complex128:
         data = torch.view_as_real(data.resolve_conj())
         metadata["complex"] = "1"
-    if not data.is_contiguous():
-        data = data.contiguous()
-    tensors = {"data": data}
+    pieces = {"data": data}
     grad = tensor.grad if tensor.requires_grad and tensor.is_leaf else None
     if grad is not None:
-        tensors["grad"] = grad.detach().contiguous()
-    try:
-        return safetensors.torch.save(tensors, metadata=metadata)
-    except Exception as error:  # an unsupported dtype or layout, in safetensors' own words
-        raise TypeError(
-            f"A {tensor.dtype} tensor cannot travel as safetensors ({error}); convert it, "
-            "for example with .float(), before sending it."
-        ) from None
+        pieces["grad"] = grad.detach()
+    header: dict[str, Any] = {"__metadata__": metadata}
+    views: list[memoryview] = []
+    offset = 0
+    for name, piece in pieces.items():
+        dtype = _SAFETENSORS_DTYPES.get(piece.dtype)
+        if dtype is None:
+            raise TypeError(
+                f"A {tensor.dtype} tensor cannot travel as safetensors (dtype {piece.dtype} is "
+                "not supported); convert it, for example with .float(), before sending it."
+            )
+        if piece.layout is not torch.strided:
+            raise TypeError(
+                f"A {piece.layout} tensor cannot travel as safetensors; convert it, for "
+                "example with .to_dense(), before sending it."
+            )
+        piece = piece.cpu().resolve_conj().resolve_neg()
+        contiguous = piece.contiguous()
+        if copy and contiguous.data_ptr() == piece.data_ptr() and piece.numel():
+            contiguous = contiguous.clone()
+        view = _raw_bytes(contiguous)
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(piece.shape),
+            "data_offsets": [offset, offset + len(view)],
+        }
+        offset += len(view)
+        views.append(view)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    return [memoryview(struct.pack("<Q", len(text)) + text), *views]
 
 
-def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType:
-    """A tensor encoded *now*, ready to sit in a queued command (later changes don't leak in)."""
+def encode_tensor(tensor: torch.Tensor) -> bytes:
+    """One safetensors buffer holding the tensor's data, and its grad if it has one."""
+    return b"".join(encode_tensor_parts(tensor, copy=False))
+
+
+def _join(parts: list[memoryview] | tuple[memoryview, ...]) -> bytearray:
+    """The parts in one new buffer: a single copy, into memory allocated once."""
+    buffer = bytearray(sum(len(part) for part in parts))
+    offset = 0
+    for part in parts:
+        buffer[offset : offset + len(part)] = part
+        offset += len(part)
+    return buffer
+
+
+class TensorAttachment:
+    """A big tensor encoded when its command was queued, sent out of band at flush time."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[memoryview]) -> None:
+        self.parts = parts
+
+
+class Frames:
+    """A message body in pieces, so big tensors are never copied into one buffer to send.
+
+    Layout: ``0xc1`` (a byte no msgpack value starts with), the envelope's length as a
+    little-endian u64, the msgpack envelope, padding to 64 bytes, then the attachments
+    (each padded to 64 bytes), which the envelope names by ``EXT_ATTACHMENT`` (offset
+    and length from the start of the attachments). ``len()`` is the total size; a
+    receiver decodes the joined bytes with :func:`decode`.
+    """
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self, parts: list[memoryview]) -> None:
+        self.parts = tuple(parts)
+        self.nbytes = sum(len(part) for part in self.parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.join())
+
+    def join(self) -> bytearray:
+        """The whole body in one new (writable) buffer."""
+        return _join(self.parts)
+
+
+Body = bytes | bytearray | memoryview | Frames
+
+
+def tensor_ext(tensor: torch.Tensor) -> msgpack.ExtType | TensorAttachment:
+    """A tensor encoded *now*, ready to sit in a queued command (later changes don't leak in).
+
+    A big tensor becomes a :class:`TensorAttachment`, which :func:`encode_marked` sends
+    out of band.
+    """
+    if tensor.numel() * tensor.element_size() >= OUT_OF_BAND_BYTES:
+        return TensorAttachment(encode_tensor_parts(tensor, copy=True))
     return msgpack.ExtType(EXT_TENSOR, encode_tensor(tensor))
 
 
@@ -124,7 +238,7 @@ def ref_ext(obj_id: int, attr: str | None = None) -> msgpack.ExtType:
     )
 
 
-def _safetensors_metadata(buffer: bytes) -> dict[str, str]:
+def _safetensors_header(buffer: memoryview) -> tuple[dict[str, Any], int]:
     if len(buffer) < 8:
         raise MalformedMessageError("a tensor buffer is shorter than its header")
     (header_len,) = struct.unpack_from("<Q", buffer)
@@ -134,20 +248,53 @@ def _safetensors_metadata(buffer: bytes) -> dict[str, str]:
         header = json.loads(bytes(buffer[8 : 8 + header_len]))
     except ValueError as error:
         raise MalformedMessageError(f"a tensor header is not JSON ({error})") from None
-    metadata = header.get("__metadata__") or {}
-    return metadata if isinstance(metadata, dict) else {}
+    if not isinstance(header, dict):
+        raise MalformedMessageError("a tensor header is not a JSON object")
+    return header, 8 + header_len
 
 
-def decode_tensor(buffer: bytes) -> torch.Tensor:
-    """Rebuild a tensor (with requires_grad, Parameter-ness and grad) from :func:`encode_tensor`."""
-    metadata = _safetensors_metadata(buffer)
+def _entry(
+    header: dict[str, Any], name: str, buffer: memoryview, start: int, copy: bool
+) -> torch.Tensor:
+    info = header[name]
     try:
-        loaded = safetensors.torch.load(bytes(buffer))
-    except Exception as error:  # safetensors raises its own SafetensorError and others
-        raise MalformedMessageError(f"a tensor buffer is not safetensors ({error})") from None
-    if "data" not in loaded:
+        dtype = _SAFETENSORS_NAMES[info["dtype"]]
+        shape = [int(size) for size in info["shape"]]
+        begin, end = (int(offset) for offset in info["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedMessageError(f"tensor entry {name!r} is not a safetensors entry") from None
+    numel = 1
+    for size in shape:
+        if size < 0:
+            raise MalformedMessageError(f"tensor entry {name!r} has a negative size")
+        numel *= size
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if not 0 <= begin <= end <= len(buffer) - start or end - begin != numel * itemsize:
+        raise MalformedMessageError(f"tensor entry {name!r} does not fit its buffer")
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    if buffer.readonly or (start + begin) % itemsize:
+        copy = True
+    if copy:
+        raw = bytearray(buffer[start + begin : start + end])
+        return torch.frombuffer(raw, dtype=dtype).reshape(shape)
+    return torch.frombuffer(buffer, dtype=dtype, count=numel, offset=start + begin).reshape(shape)
+
+
+def decode_tensor(buffer: Body, copy: bool = False) -> torch.Tensor:
+    """Rebuild a tensor (with requires_grad, Parameter-ness and grad) from :func:`encode_tensor`.
+
+    The tensor shares memory with a writable ``buffer`` (a ``bytearray`` nobody else
+    uses) unless ``copy``; a read-only buffer (``bytes``) is copied once.
+    """
+    view = memoryview(buffer.join() if isinstance(buffer, Frames) else buffer).cast("B")
+    header, start = _safetensors_header(view)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        metadata = {}
+    if "data" not in header:
         raise MalformedMessageError("a tensor buffer has no 'data' entry")
-    tensor = loaded["data"]
+    tensor = _entry(header, "data", view, start, copy)
     if metadata.get("complex") == "1":
         tensor = torch.view_as_complex(tensor)
     requires_grad = metadata.get("requires_grad") == "1"
@@ -155,8 +302,8 @@ def decode_tensor(buffer: bytes) -> torch.Tensor:
         tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
     elif requires_grad:
         tensor.requires_grad_(True)
-    if "grad" in loaded and requires_grad:
-        tensor.grad = loaded["grad"]
+    if "grad" in header and requires_grad:
+        tensor.grad = _entry(header, "grad", view, start, copy)
     return tensor
 
 
@@ -172,6 +319,8 @@ def _default(value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(EXT_REF, _REF_STRUCT.pack(value.id, _REF_ATTR_CODES[value.attr]))
     if isinstance(value, torch.Tensor):
         return msgpack.ExtType(EXT_TENSOR, encode_tensor(value))
+    if isinstance(value, TensorAttachment):  # inside a nested value: travels inline
+        return msgpack.ExtType(EXT_TENSOR, b"".join(value.parts))
     if isinstance(value, Slot):  # Plans
         return msgpack.ExtType(EXT_SLOT, _SLOT_STRUCT.pack(value.index))
     if isinstance(value, tuple):  # also torch.Size and named tuples
@@ -213,7 +362,7 @@ def _default(value: Any) -> msgpack.ExtType:
     raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
 
 
-def _unpack_nested(data: bytes) -> Any:
+def _unpack_nested(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
 
@@ -298,19 +447,63 @@ def _ext_hook(code: int, data: bytes) -> Any:
         raise MalformedMessageError(f"extension type {code} does not decode ({error})") from None
 
 
-def encode(value: Any) -> bytes:
-    """Serialize a message (envelope or reply) to msgpack bytes; tuples keep their tuple-ness."""
-    return _pack_nested(value)
+def encode(value: Any) -> bytes | Frames:
+    """Serialize a message (envelope or reply) to msgpack; tuples keep their tuple-ness.
+
+    A message with tensors of :data:`OUT_OF_BAND_BYTES` or more comes back as
+    :class:`Frames` whose attachments are views of those tensors' memory: send it
+    before the tensors can change.
+    """
+    return _encode(value, strict=True)
 
 
-def encode_marked(value: Any) -> bytes:
+def encode_marked(value: Any) -> bytes | Frames:
     """Serialize a message whose *user* tuples are already marked with :func:`tuple_ext`.
 
     Every other tuple packs as a plain array, so the client can build its hot-path
     commands as tuples: CPython's collector stops tracking tuples of atoms, which keeps
     a queue of pipelined commands from making every garbage collection slower.
     """
-    return msgpack.packb(value, default=_default, use_bin_type=True)
+    return _encode(value, strict=False)
+
+
+def encode_inline(value: Any) -> bytes:
+    """Serialize to one plain msgpack buffer, every tensor inline (for storage)."""
+    return _pack_nested(value)
+
+
+def _encode(value: Any, strict: bool) -> bytes | Frames:
+    attachments: list[memoryview] = []
+    size = 0
+
+    def default(item: Any) -> Any:
+        nonlocal size
+        if isinstance(item, TensorAttachment):
+            parts = item.parts
+        elif (
+            isinstance(item, torch.Tensor)
+            and item.numel() * item.element_size() >= OUT_OF_BAND_BYTES
+        ):
+            parts = encode_tensor_parts(item, copy=False)
+        else:
+            return _default(item)
+        offset = size
+        for part in parts:
+            attachments.append(part)
+            size += len(part)
+        length = size - offset
+        padding = -size % _ALIGN
+        if padding:
+            attachments.append(memoryview(bytes(padding)))
+            size += padding
+        return msgpack.ExtType(EXT_ATTACHMENT, _ATTACHMENT_STRUCT.pack(offset, length))
+
+    envelope = msgpack.packb(value, default=default, strict_types=strict, use_bin_type=True)
+    if not attachments:
+        return envelope
+    head = _FRAME_HEAD.pack(_FRAMED, len(envelope)) + envelope
+    head += bytes(-len(head) % _ALIGN)
+    return Frames([memoryview(head), *attachments])
 
 
 def tuple_ext(items: Any) -> msgpack.ExtType:
@@ -318,11 +511,47 @@ def tuple_ext(items: Any) -> msgpack.ExtType:
     return msgpack.ExtType(EXT_TUPLE, _pack_nested(list(items)))
 
 
-def decode(data: bytes) -> Any:
-    """Deserialize msgpack bytes, refusing anything that is not TensorFleet data."""
+def decode(data: Body) -> Any:
+    """Deserialize a message, refusing anything that is not TensorFleet data.
+
+    Big tensors of a framed message received into a writable buffer (a reassembled
+    ``bytearray``) share its memory; :class:`Frames` are first joined into a private copy.
+    """
+    view = memoryview(data.join() if isinstance(data, Frames) else data).cast("B")
     try:
-        return _unpack_nested(data)
+        if len(view) and view[0] == _FRAMED:
+            return _decode_framed(view)
+        return _unpack_nested(view)
     except MalformedMessageError:
         raise
     except Exception as error:
         raise MalformedMessageError(f"not a msgpack message ({type(error).__name__})") from None
+
+
+def _decode_framed(view: memoryview) -> Any:
+    if len(view) < _FRAME_HEAD.size:
+        raise MalformedMessageError("a framed message is shorter than its head")
+    _, length = _FRAME_HEAD.unpack_from(view)
+    end = _FRAME_HEAD.size + length
+    if end > len(view):
+        raise MalformedMessageError("a framed message's envelope runs past its end")
+    attachments = view[end + (-end % _ALIGN) :]
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != EXT_ATTACHMENT:
+            return _ext_hook(code, data)
+        if len(data) != _ATTACHMENT_STRUCT.size:
+            raise MalformedMessageError("an attachment reference is not 16 bytes")
+        offset, size = _ATTACHMENT_STRUCT.unpack(data)
+        if offset + size > len(attachments):
+            raise MalformedMessageError("an attachment runs past the end of its message")
+        try:
+            return decode_tensor(attachments[offset : offset + size])
+        except MalformedMessageError:
+            raise
+        except Exception as error:
+            raise MalformedMessageError(f"an attachment does not decode ({error})") from None
+
+    return msgpack.unpackb(
+        view[_FRAME_HEAD.size : end], ext_hook=ext_hook, raw=False, strict_map_key=False
+    )

@@ -39,9 +39,10 @@ from broker.amqp import (
     new_task_id,
     pika_url,
     safe_url,
-    split,
+    split_pieces,
     task_message,
 )
+from broker.codec import Body
 from broker.errors import BrokerConnectionError, TensorFleetError
 from broker.settings import Settings, get_settings
 
@@ -61,7 +62,7 @@ class FleetTransport:
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reply_address = topology.reply_queue(self.client_id, self.settings.namespace)
         self._url = safe_url(self.settings.broker_url)
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox: deque[tuple[str, Body]] = deque()
         self._inbox: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
         self._reassembler = Reassembler(self.settings.max_object_bytes)
         self._connection: pika.BlockingConnection | None = None
@@ -75,7 +76,7 @@ class FleetTransport:
         self._start()
 
     # ------------------------------------------------------------------ Transport
-    def publish(self, worker_id: str, body: bytes) -> None:
+    def publish(self, worker_id: str, body: Body) -> None:
         """Queue ``body`` for ``worker_id``'s queue; returns before it is sent."""
         if self._closing:
             raise BrokerConnectionError(self._url, "this transport was closed")
@@ -206,7 +207,7 @@ class FleetTransport:
             self._publish_batch(worker_id, body)
             self._outbox.popleft()
 
-    def _publish_batch(self, worker_id: str, body: bytes) -> None:
+    def _publish_batch(self, worker_id: str, body: Body) -> None:
         channel = self._channel
         assert channel is not None
         queue_name = topology.worker_queue(worker_id, self.settings.namespace)
@@ -215,7 +216,7 @@ class FleetTransport:
                 queue_name, durable=True, arguments=topology.worker_queue_arguments()
             )
             self._declared.add(queue_name)
-        for chunk, part in split(body, self.settings.max_message_bytes):
+        for chunk, part in split_pieces(body, self.settings.max_message_bytes):
             task_id = new_task_id()
             headers, payload = task_message(part, task_id, self.client_id, chunk)
             properties = pika.BasicProperties(

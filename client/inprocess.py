@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from broker.codec import Body
 from worker.engine import Engine
 
 
@@ -19,8 +20,8 @@ class Hub:
 
     def __init__(self) -> None:
         self.engines: dict[str, Engine] = {}
-        self._inboxes: dict[str, deque[bytes]] = {}
-        self._mailboxes: dict[str, deque[bytes]] = {}
+        self._inboxes: dict[str, deque[Body]] = {}
+        self._mailboxes: dict[str, deque[Body]] = {}
         self._draining = False
 
     def engine(self, worker_id: str) -> Engine:
@@ -30,10 +31,10 @@ class Hub:
             engine = self.engines[worker_id] = Engine(worker_id)
         return engine
 
-    def mailbox(self, address: str) -> deque[bytes]:
+    def mailbox(self, address: str) -> deque[Body]:
         return self._mailboxes.setdefault(address, deque())
 
-    def deliver(self, worker_id: str, body: bytes) -> None:
+    def deliver(self, worker_id: str, body: Body) -> None:
         """Queue a message for a worker and run the fleet until it is quiet."""
         self._inboxes.setdefault(worker_id, deque()).append(body)
         if not self._draining:
@@ -55,7 +56,7 @@ class Hub:
         finally:
             self._draining = False
 
-    def _route(self, outgoing: list[tuple[str, str, bytes]]) -> None:
+    def _route(self, outgoing: list[tuple[str, str, Body]]) -> None:
         for kind, address, body in outgoing:
             if kind == "reply":
                 self.mailbox(address).append(body)
@@ -71,10 +72,10 @@ class InProcessTransport:
         self.reply_address = reply_address
         self._mailbox = hub.mailbox(reply_address)
 
-    def publish(self, worker_id: str, body: bytes) -> None:
+    def publish(self, worker_id: str, body: Body) -> None:
         self.hub.deliver(worker_id, body)
 
-    def receive(self, timeout: float) -> bytes | None:
+    def receive(self, timeout: float) -> Body | None:
         # everything runs synchronously: a reply is either here now or will never come
         return self._mailbox.popleft() if self._mailbox else None
 

@@ -188,7 +188,7 @@ class Session:
         """Flush and wait until ``worker_id`` has run everything sent so far."""
         self.request(worker_id, [protocol.PING, None], "ping")
 
-    def _dispatch(self, body: bytes) -> None:
+    def _dispatch(self, body: codec.Body) -> None:
         message = codec.decode(body)
         for request_id, ok, payload in message.get("replies", ()):
             if request_id is None:

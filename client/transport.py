@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from broker.codec import Body
+
 
 class Transport(Protocol):
     """Moves message bytes between one client and the workers."""
@@ -18,10 +20,10 @@ class Transport(Protocol):
     #: The address workers send replies to (a reply queue name, or a mailbox name).
     reply_address: str
 
-    def publish(self, worker_id: str, body: bytes) -> None:
+    def publish(self, worker_id: str, body: Body) -> None:
         """Queue one message for ``worker_id``; never waits for it to run."""
 
-    def receive(self, timeout: float) -> bytes | None:
+    def receive(self, timeout: float) -> Body | None:
         """The next reply message for this client, or None if none came within ``timeout``."""
 
     def close(self) -> None:

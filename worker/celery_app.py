@@ -47,7 +47,7 @@ from broker.amqp import (
     Chunk,
     message_properties,
     new_task_id,
-    split,
+    split_pieces,
     task_message,
 )
 from broker.errors import ConfigurationError, MalformedMessageError, MessageTooLargeError
@@ -106,6 +106,7 @@ class FleetRuntime:
             part_bytes=settings.max_message_bytes,
             batch_ttl=settings.batch_ttl,
         )
+        self.store.defer_commits = True  # replies go out first; see execute()
         self.engine = Engine(worker_id, self.store)
         self.stale = True
         self.dead_letter_exchange = Exchange(
@@ -133,7 +134,7 @@ class FleetRuntime:
         return queue
 
     # ------------------------------------------------------------------ publishing
-    def publish(self, outgoing: list[tuple[str, str, bytes]]) -> None:
+    def publish(self, outgoing: list[tuple[str, str, codec.Body]]) -> None:
         """Send a message's outgoing messages in order, on one producer (one channel)."""
         if not outgoing:
             return
@@ -142,7 +143,7 @@ class FleetRuntime:
             for kind, address, body in outgoing:
                 if kind == "worker":
                     queue = self.worker_queue(address)
-                    for chunk, part in split(body, limit):
+                    for chunk, part in split_pieces(body, limit):
                         task_id = new_task_id()
                         headers, payload = task_message(
                             part, task_id, self.worker_id, chunk, forward=True
@@ -160,10 +161,10 @@ class FleetRuntime:
                             **message_properties(),
                         )
                 elif kind == "reply":
-                    for chunk, part in split(body, limit):
+                    for chunk, part in split_pieces(body, limit):
                         headers = {} if chunk is None else {CHUNK_HEADER: chunk.to_wire()}
                         producer.publish(
-                            bytes(part),
+                            b"".join(part),
                             exchange="",
                             routing_key=address,
                             headers=headers,
@@ -251,6 +252,20 @@ def get_runtime() -> FleetRuntime:
     return _runtime
 
 
+#: Celery loggers that write a line or two per task at INFO: a fleet worker runs one
+#: task per batch, so at INFO they cost more than small batches themselves.
+_PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
+
+
+@signals.after_setup_logger.connect
+def _quiet_per_task_logs(loglevel: Any = None, **_: Any) -> None:
+    """Keep Celery's per-task lines out of the log unless the worker runs at DEBUG."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    if not isinstance(level, int) or level > logging.DEBUG:
+        for name in _PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @signals.celeryd_after_setup.connect
 def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """Find this worker's id (env or ``-Q``) and load its objects before consuming starts."""
@@ -287,10 +302,20 @@ def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None
     Strategy="worker.celery_app:fleet_strategy",
 )
 def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | None:
-    """Run one envelope (or one part of a chunked one) on this worker's engine."""
+    """Run one envelope (or one part of a chunked one) on this worker's engine.
+
+    The engine's outgoing messages (replies, forwards) are published *before* its
+    changes are written to Redis, and the message is acknowledged (``acks_late``) only
+    after that write. A crash in between leaves the message unacknowledged: it is
+    redelivered and runs again from the state in Redis, which does not have its
+    effects, so it produces the same messages again. Forwarded batches carry ids
+    derived from the original batch, and forwarded deliveries always check the replay
+    marker, so the next worker applies a repeated forward once; a client may see a
+    repeated reply, which it ignores.
+    """
     runtime = get_runtime()
     direct = bool(getattr(self.request, "ignore_result", False))
-    transfer: str | None = None
+    envelope: bytes | bytearray = body
     try:
         if runtime.stale:
             runtime.load()
@@ -300,11 +325,10 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
                 raise MessageTooLargeError(
                     part.total, runtime.settings.max_object_bytes, "chunked message"
                 )
-            parts = runtime.store.add_part(part.transfer, part.index, part.count, body)
-            if parts is None:
+            whole = runtime.store.add_part(part.transfer, part.index, part.count, body)
+            if whole is None:
                 return None
-            transfer, body = part.transfer, b"".join(parts)
-            del parts
+            envelope = whole  # writable: big tensors are decoded without a copy
         request = self.request
         # a TensorFleet client's first delivery cannot be a repeat: skip the replay lookup
         runtime.store.first_delivery = direct and not (
@@ -313,29 +337,32 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
             or (request.delivery_info or {}).get("redelivered", True)
         )
         try:
-            result = runtime.engine.handle(body)
+            result = runtime.engine.handle(envelope)
         except MalformedMessageError as error:
-            runtime.dead_letter_envelope(body, str(error), request)
-            if transfer is not None:
-                runtime.store.drop_transfer(transfer)
+            runtime.dead_letter_envelope(bytes(envelope), str(error), request)
             if direct:
                 return None
             raise
-        runtime.publish(result.outgoing)
+        try:
+            runtime.publish(result.outgoing)
+        except BaseException:
+            if runtime.store.discard_pending():
+                runtime.stale = True  # memory is ahead of Redis: reload before the next one
+            raise
+        runtime.store.write_pending()
         if result.rejected is not None:
-            runtime.dead_letter_envelope(body, result.rejected, request)
-        if transfer is not None:
-            runtime.store.drop_transfer(transfer)
+            runtime.dead_letter_envelope(bytes(envelope), result.rejected, request)
     except StoreUnavailableError as error:
+        runtime.store.discard_pending()
         runtime.stale = True  # memory may be ahead of Redis: reload before the next message
         time.sleep(1.0)
         raise Reject(str(error), requeue=True) from None
     except MessageTooLargeError as error:
-        runtime.dead_letter_envelope(body, str(error), self.request)
+        runtime.dead_letter_envelope(bytes(envelope), str(error), self.request)
         return None
     if direct:
         return None
-    return codec.encode(protocol.reply_envelope(result.replies))
+    return codec.encode_inline(protocol.reply_envelope(result.replies))
 
 
 # ------------------------------------------------------------- refusing bad messages

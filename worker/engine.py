@@ -37,7 +37,7 @@ from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
 from worker.store import ObjectStore
 
 #: (kind, address, body): kind "worker" -> address is a worker id; "reply" -> a reply_to
-Outgoing = tuple[str, str, bytes]
+Outgoing = tuple[str, str, codec.Body]
 
 
 @dataclass
@@ -149,7 +149,7 @@ class Engine:
         self._upstream: dict[int, tuple[int, str | None]] = {}
 
     # ------------------------------------------------------------------ message level
-    def handle(self, body: bytes) -> HandleResult:
+    def handle(self, body: codec.Body) -> HandleResult:
         """Run one envelope; MalformedMessageError if it is not one.
 
         The cyclic garbage collector is paused while a message runs: its thousands of
@@ -164,7 +164,7 @@ class Engine:
             if collecting:
                 gc.enable()
 
-    def _handle(self, body: bytes) -> HandleResult:
+    def _handle(self, body: codec.Body) -> HandleResult:
         message = codec.decode(body)
         batch, sender, reply_to, commands = _validate_envelope(message)
         self._upstream_worker = sender if message.get("forwarded") is True else None

@@ -45,7 +45,7 @@ _LARGE = b"L"
 #: stop at 512 MiB); a crash between commit and publish then loses that reply.
 REPLAY_LIMIT = 32 * 1024 * 1024
 
-Outgoing = tuple[str, str, bytes]
+Outgoing = tuple[str, str, codec.Body]
 
 
 class StoreUnavailableError(TensorFleetError):
@@ -106,6 +106,10 @@ class RedisObjectStore(ObjectStore):
         self.first_delivery = False
         #: parts of chunked messages still arriving, by transfer id and index
         self._transfers: dict[str, dict[int, bytes]] = {}
+        #: when set, :meth:`commit` only remembers what to write, and :meth:`write_pending`
+        #: writes it: the caller publishes a message's outgoing messages in between
+        self.defer_commits = False
+        self._pending: tuple[str, list[Outgoing]] | None = None
 
     # -- mutations: note the id, then do what the in-memory store does --------------------
     def put(self, obj_id: int, obj: Any) -> None:
@@ -150,10 +154,28 @@ class RedisObjectStore(ObjectStore):
         """Write what changed and the batch marker in one MULTI/EXEC transaction.
 
         A message that changed nothing writes nothing: running it again (after a
-        redelivery) gives the same outgoing messages, so it needs no marker.
+        redelivery) gives the same outgoing messages, so it needs no marker. With
+        :attr:`defer_commits` set, the write waits for :meth:`write_pending`.
         """
         if not self._dirty and not self._cleared:
             return
+        if self.defer_commits:
+            self._pending = (batch_key, outgoing)
+            return
+        self._write(batch_key, outgoing)
+
+    def write_pending(self) -> None:
+        """Write the commit :meth:`commit` deferred, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._write(*pending)
+
+    def discard_pending(self) -> bool:
+        """Forget a deferred commit (memory is then ahead of Redis); whether there was one."""
+        pending, self._pending = self._pending, None
+        return pending is not None
+
+    def _write(self, batch_key: str, outgoing: list[Outgoing]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         persisted = dict(self._persisted)
         if self._cleared:
@@ -206,7 +228,13 @@ class RedisObjectStore(ObjectStore):
         marker = outgoing if sum(len(body) for _, _, body in outgoing) <= REPLAY_LIMIT else []
         pipe.set(
             keys.batch(self.namespace, self.worker_id, batch_key),
-            msgpack.packb([list(item) for item in marker], use_bin_type=True),
+            msgpack.packb(
+                [
+                    [kind, address, bytes(body) if isinstance(body, codec.Frames) else body]
+                    for kind, address, body in marker
+                ],
+                use_bin_type=True,
+            ),
             ex=self.batch_ttl,
         )
         self._call(pipe.execute)
@@ -217,20 +245,24 @@ class RedisObjectStore(ObjectStore):
     def _record(self, obj_id: int, obj: Any, pipe: Any) -> bytes | None:
         """The hash record of ``obj``; a large tensor's parts are queued onto ``pipe``."""
         if isinstance(obj, torch.Tensor):
-            data = codec.encode_tensor(obj)
-            if len(data) <= self.part_bytes:
-                return _TENSOR + data
-            view = memoryview(data)
-            parts = [view[i : i + self.part_bytes] for i in range(0, len(view), self.part_bytes)]
+            # views of the tensor's memory: the pipeline sends them before anything changes it
+            pieces = codec.encode_tensor_parts(obj, copy=False)
+            if sum(len(piece) for piece in pieces) <= self.part_bytes:
+                return b"".join([_TENSOR, *pieces])
+            parts = [
+                piece[i : i + self.part_bytes]
+                for piece in pieces
+                for i in range(0, len(piece), self.part_bytes)
+            ]
             pipe.rpush(keys.tensor_parts(self.namespace, self.worker_id, obj_id), *parts)
             return _LARGE + str(len(parts)).encode()
         if isinstance(obj, PointerRecord):
-            return _POINTER + codec.encode(obj)
+            return _POINTER + codec.encode_inline(obj)
         wire = getattr(obj, "wire", None)
         try:
             if wire is not None:
-                return _PLAN + codec.encode(wire)
-            return _VALUE + codec.encode(obj)
+                return _PLAN + codec.encode_inline(wire)
+            return _VALUE + codec.encode_inline(obj)
         except TypeError:
             log.warning(
                 "object %s on %s (%s) cannot be persisted; it lives in memory only",
@@ -268,13 +300,13 @@ class RedisObjectStore(ObjectStore):
     def _decode_record(self, obj_id: int, record: bytes) -> Any:
         kind, payload = record[:1], memoryview(record)[1:]
         if kind == _TENSOR:
-            return codec.decode_tensor(bytes(payload))
+            return codec.decode_tensor(payload)
         if kind == _LARGE:
             parts_key = keys.tensor_parts(self.namespace, self.worker_id, obj_id)
             parts = self._call(self.redis.lrange, parts_key, 0, -1)
-            data = b"".join(parts)
+            data = codec.Frames([memoryview(part) for part in parts]).join()
             del parts
-            return codec.decode_tensor(data)
+            return codec.decode_tensor(data)  # shares the joined buffer: one copy in all
         if kind in (_POINTER, _VALUE):
             return codec.decode(bytes(payload))
         if kind == _PLAN:
@@ -285,36 +317,24 @@ class RedisObjectStore(ObjectStore):
         raise MalformedMessageError(f"unknown record kind {kind!r}")
 
     # -- chunked messages ------------------------------------------------------------------
-    def add_part(self, transfer_id: str, index: int, count: int, part: bytes) -> list[bytes] | None:
-        """Keep one part of a chunked message; every part, in order, once all arrived.
+    def add_part(self, transfer_id: str, index: int, count: int, part: bytes) -> bytearray | None:
+        """Keep one part of a chunked message; the whole message, joined, once all arrived.
 
-        Parts are written to Redis (an acknowledged part survives a crash) and also
-        kept in memory, so the usual case never reads them back.
+        Parts are kept in memory only: writing them to Redis as well cost as much as the
+        transfer itself. A worker that dies mid-transfer loses the parts it acknowledged;
+        the sender's synchronising call then reports the worker unavailable, and nothing
+        of the message was applied (commands are durable once their message ran).
         """
-        key = keys.transfer(self.namespace, self.worker_id, transfer_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, str(index), part)
-        pipe.expire(key, self.batch_ttl)
-        pipe.hlen(key)
-        received = self._call(pipe.execute)[-1]
         held = self._transfers.setdefault(transfer_id, {})
         held[index] = part
-        if received < count:
+        if len(held) < count:
             return None
-        missing = [str(i) for i in range(count) if i not in held]
-        if missing:  # parts that arrived before a restart
-            for field, value in zip(
-                missing, self._call(self.redis.hmget, key, missing), strict=True
-            ):
-                if value is None:
-                    raise MalformedMessageError(f"transfer {transfer_id} lost part {field}")
-                held[int(field)] = value
         del self._transfers[transfer_id]
-        return [held[i] for i in range(count)]
+        return codec.Frames([memoryview(held.pop(i)) for i in range(count)]).join()
 
     def drop_transfer(self, transfer_id: str) -> None:
-        """Forget the parts of a chunked message once it was handled."""
-        self._call(self.redis.delete, keys.transfer(self.namespace, self.worker_id, transfer_id))
+        """Forget the parts of a chunked message (none are kept once it was joined)."""
+        self._transfers.pop(transfer_id, None)
 
     def _call(self, function: Any, *args: Any) -> Any:
         try:

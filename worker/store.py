@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.codec import Body
+
 
 class ObjectStore:
     """In-memory store; the base of every store and the whole of the in-process one."""
@@ -21,11 +23,11 @@ class ObjectStore:
         self.failures: dict[int, dict[str, str]] = {}
 
     # -- one message at a time ---------------------------------------------------------
-    def replay(self, batch_key: str) -> list[tuple[str, str, bytes]] | None:
+    def replay(self, batch_key: str) -> list[tuple[str, str, Body]] | None:
         """Outgoing messages of a batch already applied (a redelivery), or None to run it."""
         return None
 
-    def commit(self, batch_key: str, outgoing: list[tuple[str, str, bytes]]) -> None:
+    def commit(self, batch_key: str, outgoing: list[tuple[str, str, Body]]) -> None:
         """Make the batch's changes durable together with what it sent (nothing in memory)."""
 
     # -- mutations ---------------------------------------------------------------------
