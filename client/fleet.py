@@ -63,7 +63,7 @@ class FleetTransport:
         self.reply_address = topology.reply_queue(self.client_id, self.settings.namespace)
         self._url = safe_url(self.settings.broker_url)
         self._outbox: deque[tuple[str, Body]] = deque()
-        self._inbox: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Body | BaseException] = queue.SimpleQueue()
         self._reassembler = Reassembler(self.settings.max_object_bytes)
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -86,7 +86,7 @@ class FleetTransport:
         self._outbox.append((worker_id, body))
         self._wake()
 
-    def receive(self, timeout: float) -> bytes | None:
+    def receive(self, timeout: float) -> Body | None:
         """The next reply for this client, or None after ``timeout`` seconds."""
         try:
             item = (
@@ -243,7 +243,7 @@ class FleetTransport:
             self._inbox.put(error)
             return
         if whole is not None:
-            self._inbox.put(whole)  # type: ignore[arg-type]  # bytearray: bytes-like, never copied
+            self._inbox.put(whole)  # a writable buffer: big tensors decode without a copy
 
 
 _transport: FleetTransport | None = None

@@ -315,7 +315,7 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
     """
     runtime = get_runtime()
     direct = bool(getattr(self.request, "ignore_result", False))
-    envelope: bytes | bytearray = body
+    envelope: bytes | memoryview = body
     try:
         if runtime.stale:
             runtime.load()

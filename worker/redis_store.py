@@ -317,7 +317,7 @@ class RedisObjectStore(ObjectStore):
         raise MalformedMessageError(f"unknown record kind {kind!r}")
 
     # -- chunked messages ------------------------------------------------------------------
-    def add_part(self, transfer_id: str, index: int, count: int, part: bytes) -> bytearray | None:
+    def add_part(self, transfer_id: str, index: int, count: int, part: bytes) -> memoryview | None:
         """Keep one part of a chunked message; the whole message, joined, once all arrived.
 
         Parts are kept in memory only: writing them to Redis as well cost as much as the
