@@ -75,6 +75,28 @@ def _local_round(
     return sum(owner_seconds) + averaging, max(owner_seconds) + averaging
 
 
+def _counted_round(strategy: FedAvg, model: nn.Module, dataset: Any) -> dict[str, float]:
+    """Commands, messages and bytes the client publishes in one (untimed) round."""
+    from broker import codec
+
+    transport = dataset[dataset.workers[0]].location.session.transport
+    publish = transport.publish
+    counts = {"commands": 0.0, "messages": 0.0, "bytes": 0.0}
+
+    def counting_publish(worker_id: str, body: bytes) -> None:
+        counts["messages"] += 1
+        counts["bytes"] += len(body)
+        counts["commands"] += len(codec.decode(body)["commands"])
+        publish(worker_id, body)
+
+    setattr(transport, "publish", counting_publish)  # noqa: B010  # on this instance only
+    try:
+        strategy.fit_round(model, dataset)
+    finally:
+        delattr(transport, "publish")
+    return counts
+
+
 def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> list[Row]:
     from client.federated.dataset import federate
 
@@ -99,6 +121,7 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
             elapsed = time.perf_counter() - start
             if elapsed < best_round:
                 best_round, best_fit = elapsed, result.timings["fit"]
+        counts = _counted_round(strategy, model, dataset)
         local_sum = local_path = float("inf")
         for _ in range(repeats + 1):
             total, path = _local_round(_model(), shares, training)
@@ -111,6 +134,7 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
     parallel = label == "fleet"
     compute = local_path if parallel else local_sum
     transport = max(best_round - compute, 0.0)
+    batches = training.epochs * sum(-(-len(share[0]) // training.batch_size) for share in shares)
     epochs = f"{training.epochs} local epoch{'s' if training.epochs > 1 else ''}"
     figure = f"{label} FedAvg round (3 owners, digits, {epochs})"
     return [
@@ -135,6 +159,21 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
             "ms",
             "round total",
             best_round * 1e3,
+        ),
+        Row(
+            f"{label} FedAvg round: commands sent (deletes included)",
+            counts["commands"],
+            "cmd",
+            "training batches",
+            batches,
+        ),
+        Row(f"{label} FedAvg round: messages sent", counts["messages"], "msg", "owners", 3),
+        Row(
+            f"{label} FedAvg round: transport per command",
+            transport / max(counts["commands"], 1) * 1e6,
+            "µs/cmd",
+            "local torch per command",
+            local_sum / max(counts["commands"], 1) * 1e6,
         ),
     ]
 
