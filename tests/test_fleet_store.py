@@ -159,18 +159,6 @@ def test_an_applied_batch_replays_its_outgoing_messages(
     assert restarted.replay("c:1") is None
 
 
-def test_chunk_parts_come_back_joined_in_order_and_never_touch_redis(
-    client: redis.Redis, namespace: str
-) -> None:
-    store = new_store(client, namespace)
-    assert store.add_part("t1", 2, 3, b"c") is None
-    assert store.add_part("t1", 0, 3, b"a") is None
-    whole = store.add_part("t1", 1, 3, b"b")
-    assert whole == bytearray(b"abc")  # writable: big tensors decode without a copy
-    assert not client.exists(keys.transfer(namespace, "bob", "t1"))
-    store.drop_transfer("t1")
-
-
 def test_a_deferred_commit_is_written_by_write_pending(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
     store.defer_commits = True

@@ -45,6 +45,7 @@ from broker.amqp import (
     TASK_NAME,
     TRANSIENT,
     Chunk,
+    Reassembler,
     message_properties,
     new_task_id,
     split_pieces,
@@ -107,6 +108,11 @@ class FleetRuntime:
             batch_ttl=settings.batch_ttl,
         )
         self.store.defer_commits = True  # replies go out first; see execute()
+        #: chunked messages still arriving, each copied into one buffer part by part, in
+        #: memory only: a worker that dies mid-transfer loses the parts it acknowledged,
+        #: the sender's synchronising call reports it unavailable, and nothing of that
+        #: message was applied (a message's commands are durable once it has run)
+        self.reassembler = Reassembler(settings.max_object_bytes)
         self.engine = Engine(worker_id, self.store)
         self.stale = True
         self.dead_letter_exchange = Exchange(
@@ -320,12 +326,7 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
         if runtime.stale:
             runtime.load()
         if chunk is not None:
-            part = Chunk.from_wire(chunk)
-            if part.total > runtime.settings.max_object_bytes:
-                raise MessageTooLargeError(
-                    part.total, runtime.settings.max_object_bytes, "chunked message"
-                )
-            whole = runtime.store.add_part(part.transfer, part.index, part.count, body)
+            whole = runtime.reassembler.add(Chunk.from_wire(chunk), body)
             if whole is None:
                 return None
             envelope = whole  # writable: big tensors are decoded without a copy

@@ -23,9 +23,6 @@ key                                               type    value
                                                           ``[kind, address, body]`` of an applied
                                                           batch, for replay on redelivery; expires
                                                           after ``TENSORFLEET_BATCH_TTL`` s
-``tensorfleet:<worker>:transfer:<transfer>``      hash    part index -> bytes of a chunked
-                                                          message still arriving; expires after
-                                                          ``TENSORFLEET_BATCH_TTL`` s
 ================================================  ======  =======================================
 
 Ids in hash fields and key names are decimal strings.
@@ -56,11 +53,6 @@ def failures(namespace: str, worker_id: str) -> str:
 def batch(namespace: str, worker_id: str, batch_key: str) -> str:
     """Marker of an applied batch, holding what it sent."""
     return f"{_prefix(namespace, worker_id)}:batch:{batch_key}"
-
-
-def transfer(namespace: str, worker_id: str, transfer_id: str) -> str:
-    """Parts of a chunked message that is still arriving."""
-    return f"{_prefix(namespace, worker_id)}:transfer:{transfer_id}"
 
 
 def pattern(namespace: str, worker_id: str = "*") -> str:

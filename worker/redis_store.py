@@ -104,8 +104,6 @@ class RedisObjectStore(ObjectStore):
         #: set by the caller for a message delivered for the first time straight from a
         #: client: it cannot have been applied before, so :meth:`replay` skips Redis
         self.first_delivery = False
-        #: parts of chunked messages still arriving, by transfer id and index
-        self._transfers: dict[str, dict[int, bytes]] = {}
         #: when set, :meth:`commit` only remembers what to write, and :meth:`write_pending`
         #: writes it: the caller publishes a message's outgoing messages in between
         self.defer_commits = False
@@ -315,26 +313,6 @@ class RedisObjectStore(ObjectStore):
 
             return decode_plan(codec.decode(bytes(payload)), DEFAULT_ALLOWLIST, self.worker_id)
         raise MalformedMessageError(f"unknown record kind {kind!r}")
-
-    # -- chunked messages ------------------------------------------------------------------
-    def add_part(self, transfer_id: str, index: int, count: int, part: bytes) -> memoryview | None:
-        """Keep one part of a chunked message; the whole message, joined, once all arrived.
-
-        Parts are kept in memory only: writing them to Redis as well cost as much as the
-        transfer itself. A worker that dies mid-transfer loses the parts it acknowledged;
-        the sender's synchronising call then reports the worker unavailable, and nothing
-        of the message was applied (commands are durable once their message ran).
-        """
-        held = self._transfers.setdefault(transfer_id, {})
-        held[index] = part
-        if len(held) < count:
-            return None
-        del self._transfers[transfer_id]
-        return codec.Frames([memoryview(held.pop(i)) for i in range(count)]).join()
-
-    def drop_transfer(self, transfer_id: str) -> None:
-        """Forget the parts of a chunked message (none are kept once it was joined)."""
-        self._transfers.pop(transfer_id, None)
 
     def _call(self, function: Any, *args: Any) -> Any:
         try:
