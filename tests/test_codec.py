@@ -9,6 +9,7 @@ values have explicit extension codes; malformed bytes raise
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import pickle
 import re
@@ -430,3 +431,50 @@ def test_an_unknown_dtype_name_is_malformed():
 def test_random_bytes_decode_or_raise_malformed(body):
     with contextlib.suppress(MalformedMessageError):
         codec.decode(body)
+
+
+# ------------------------------------------------------------------ out-of-band tensors
+
+
+def test_big_tensors_travel_out_of_band_and_decode_without_a_copy() -> None:
+    big = torch.rand(512, 1024, requires_grad=True)
+    big.grad = torch.ones(512, 1024)
+    body = codec.encode({"t": big, "small": torch.ones(3)})
+    assert isinstance(body, codec.Frames)
+    assert len(body) < big.numel() * 8 + 4096
+    received = bytearray(bytes(body))  # a reassembled (writable) message
+    decoded = codec.decode(received)["t"]
+    assert torch.equal(decoded.detach(), big.detach()) and torch.equal(decoded.grad, big.grad)
+    assert decoded.requires_grad
+    start = ctypes.addressof((ctypes.c_char * len(received)).from_buffer(received))
+    assert start <= decoded.data_ptr() < start + len(received)  # no copy was made
+    from_bytes = codec.decode(bytes(body))["t"]  # read-only: copied once
+    assert torch.equal(from_bytes.detach(), big.detach())
+
+
+def test_frames_decode_into_a_private_copy() -> None:
+    big = torch.zeros(300_000)
+    body = codec.encode([big])
+    big.add_(1)  # the sender's tensor changes after the message was decoded...
+    decoded = codec.decode(body)[0]
+    big.add_(1)  # ...or after: the decoded one never shares the sender's memory
+    assert torch.equal(decoded, torch.ones(300_000))
+
+
+def test_a_queued_big_tensor_is_a_snapshot() -> None:
+    tensor = torch.zeros(300_000)
+    ext = codec.tensor_ext(tensor)
+    assert isinstance(ext, codec.TensorAttachment)
+    tensor.add_(1)
+    assert torch.equal(codec.decode(codec.encode_marked([ext]))[0], torch.zeros(300_000))
+    assert torch.equal(codec.decode(codec.encode_inline([ext]))[0], torch.zeros(300_000))
+
+
+def test_truncated_or_lying_framed_messages_are_malformed() -> None:
+    body = bytes(codec.encode([torch.arange(300_000.0)]))
+    for cut in (len(body) - 100, len(body) // 2, 100, 5):
+        with pytest.raises(MalformedMessageError):
+            codec.decode(body[:cut])
+    stray = msgpack.packb(msgpack.ExtType(codec.EXT_ATTACHMENT, bytes(16)))
+    with pytest.raises(MalformedMessageError):
+        codec.decode(stray)  # an attachment reference outside a framed message

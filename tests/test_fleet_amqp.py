@@ -6,9 +6,11 @@ import os
 
 import msgpack
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker import codec
 from broker.amqp import (
     FORWARD_HEADER,
     TASK_NAME,
@@ -17,6 +19,7 @@ from broker.amqp import (
     pika_url,
     safe_url,
     split,
+    split_pieces,
     task_message,
 )
 from broker.errors import MalformedMessageError, MessageTooLargeError
@@ -110,3 +113,31 @@ def test_broker_urls_mean_the_same_vhost_to_pika(celery_url: str, pika_form: str
 def test_safe_url_hides_the_password() -> None:
     assert safe_url("amqp://guest:secret@h:5672//") == "amqp://guest:***@h:5672//"
     assert safe_url("amqp://h//") == "amqp://h//"
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 100_000])
+def test_task_message_around_pieces_is_the_msgpack_celery_payload(size: int) -> None:
+    body = os.urandom(size)
+    pieces = [memoryview(body)[: size // 3], memoryview(body)[size // 3 :]]
+    _, payload = task_message(pieces, "id", "w", Chunk("t", 0, 2, 2 * size, 0))
+    args, kwargs, embed = msgpack.unpackb(payload, raw=False)
+    assert args == [body] and kwargs["chunk"] == ["t", 0, 2, 2 * size, 0]
+    assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+
+
+def test_frames_split_into_small_parts_without_joining_and_reassemble() -> None:
+    big = torch.arange(600_000, dtype=torch.float32)
+    body = codec.encode([1, big, "tail"])
+    assert isinstance(body, codec.Frames)
+    parts = list(split_pieces(body, limit=1_000_000, chunk_bytes=300_000))
+    assert len(parts) == -(-len(body) // 300_000)
+    assert all(sum(len(piece) for piece in pieces) <= 300_000 for _, pieces in parts)
+    reassembler = Reassembler(max_bytes=len(body))
+    whole = None
+    for chunk, pieces in reversed(parts):
+        assert chunk is not None
+        whole = reassembler.add(chunk, b"".join(pieces))
+    assert whole is not None
+    decoded = codec.decode(whole)
+    assert torch.equal(decoded[1], big) and decoded[2] == "tail"
+    assert [chunk for chunk, _ in split_pieces(body, limit=len(body))] == [None]  # fits
