@@ -384,12 +384,14 @@ def run(quick: bool) -> list[Row]:
         one_way = max(raw.one_way_per_s(5_000 if quick else 20_000) for _ in range(repeats))
         payload = bytes(BIG)
         raw_s = _best(lambda: raw.transfer_s(payload), repeats)
+        with celery_noop(url) as noop:
+            celery_us = _median_us(noop, 200 if quick else 1000)
+        with fleet_workers() as (bob, alice):
+            fleet = _fleet_figures(bob, alice, quick)
+        # the raw baseline again after the fleet figures: the better of the two windows
+        raw_s = min(raw_s, _best(lambda: raw.transfer_s(payload), repeats))
     finally:
         raw.close()
-    with celery_noop(url) as noop:
-        celery_us = _median_us(noop, 200 if quick else 1000)
-    with fleet_workers() as (bob, alice):
-        fleet = _fleet_figures(bob, alice, quick)
     raw_mb_s = BIG / raw_s / 1e6
     return [
         Row("fleet sync op ((a + b).get())", fleet["sync_us"], "µs", "raw pika RPC", rpc_us),
