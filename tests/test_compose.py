@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-WORKERS = ("bob", "alice", "secure_worker")
+WORKERS = ("bob", "alice", "jon", "secure_worker")
 SERVICES = {*WORKERS, "flower", "rabbitmq", "redis"}
 
 
