@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery, signals
 from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
+from celery.worker.request import Request
 from celery.worker.strategy import default as default_strategy
 from kombu import Exchange, Queue
 
@@ -57,6 +59,12 @@ from worker.engine import Engine
 from worker.redis_store import RedisObjectStore, StoreUnavailableError, connect
 
 log = logging.getLogger(__name__)
+
+#: A commit carrying at least this many tensor bytes is written to Redis by a background
+#: thread, and the messages handled meanwhile are acknowledged once it is written.
+BACKGROUND_WRITE_BYTES = 1024 * 1024
+#: How often (seconds) the worker's event loop looks for finished background writes.
+_ACK_POLL = 0.01
 
 #: Room for the task envelope around a chunk of TENSORFLEET_MAX_MESSAGE_BYTES.
 _HEADROOM = 1024 * 1024
@@ -122,6 +130,67 @@ class FleetRuntime:
             topology.dead_letter_queue(self.namespace), self.dead_letter_exchange, durable=True
         )
         self._queues: dict[str, Queue] = {}
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tensorfleet-redis")
+        self._write: Future[None] | None = None
+        #: requests whose acknowledgement waits for the background write
+        self._unacked: list[Request] = []
+
+    # ------------------------------------------------------------------ durability
+    def commit(self) -> None:
+        """Write the store's deferred commit: a big one in the background, else now.
+
+        While a background write runs, the worker goes on with messages that only
+        ping (they read no object), and holds back every acknowledgement until the
+        write is done: a crash before that redelivers those messages, which then run
+        again from what Redis holds. Any other message first waits for the write.
+        """
+        job = self.store.take_pending()
+        if job is None:
+            return
+        write, size = job
+        if size < BACKGROUND_WRITE_BYTES:
+            write()
+            return
+        self.wait_for_write()
+        self._write = self._writer.submit(write)
+
+    def writing(self) -> bool:
+        return self._write is not None
+
+    def defer_ack(self, request: Request) -> bool:
+        """Hold ``request``'s acknowledgement until the background write is done."""
+        if self._write is None:
+            return False
+        self._unacked.append(request)
+        return True
+
+    def wait_for_write(self) -> None:
+        """Wait for the background write, then settle the held-back acknowledgements.
+
+        A failed write leaves memory ahead of Redis: the held-back messages are
+        requeued, the worker reloads from Redis, and StoreUnavailableError is raised.
+        """
+        future, self._write = self._write, None
+        if future is None:
+            return
+        unacked, self._unacked = self._unacked, []
+        try:
+            future.result()
+        except StoreUnavailableError:
+            self.stale = True
+            for request in unacked:
+                request.reject(requeue=True)
+            raise
+        for request in unacked:
+            Request.acknowledge(request)
+
+    def settle_finished_write(self) -> None:
+        """On the event loop: settle a background write that has finished."""
+        if self._write is not None and self._write.done():
+            try:
+                self.wait_for_write()
+            except StoreUnavailableError as error:
+                log.warning("writing to Redis failed (%s); reloading before the next one", error)
 
     def load(self) -> int:
         """(Re)load every object of this worker from Redis."""
@@ -245,6 +314,11 @@ def start_runtime(worker_id: str, settings: Settings | None = None) -> FleetRunt
     return runtime
 
 
+def _settle_finished_write() -> None:
+    if _runtime is not None:
+        _runtime.settle_finished_write()
+
+
 def get_runtime() -> FleetRuntime:
     if _runtime is None:
         worker_id = get_settings().worker_id
@@ -306,6 +380,7 @@ def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None
     ignore_result=False,
     typing=False,
     Strategy="worker.celery_app:fleet_strategy",
+    Request="worker.celery_app:FleetRequest",
 )
 def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | None:
     """Run one envelope (or one part of a chunked one) on this worker's engine.
@@ -324,12 +399,15 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
     envelope: bytes | memoryview = body
     try:
         if runtime.stale:
+            runtime.wait_for_write()
             runtime.load()
         if chunk is not None:
             whole = runtime.reassembler.add(Chunk.from_wire(chunk), body)
             if whole is None:
                 return None
             envelope = whole  # writable: big tensors are decoded without a copy
+        if runtime.writing() and not _only_pings(envelope):
+            runtime.wait_for_write()  # nothing may change the tensors being written
         request = self.request
         # a TensorFleet client's first delivery cannot be a repeat: skip the replay lookup
         runtime.store.first_delivery = direct and not (
@@ -350,7 +428,7 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
             if runtime.store.discard_pending():
                 runtime.stale = True  # memory is ahead of Redis: reload before the next one
             raise
-        runtime.store.write_pending()
+        runtime.commit()
         if result.rejected is not None:
             runtime.dead_letter_envelope(bytes(envelope), result.rejected, request)
     except StoreUnavailableError as error:
@@ -425,8 +503,32 @@ def fleet_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     return handle
 
 
+def _only_pings(body: bytes | memoryview) -> bool:
+    """Whether a (small) envelope holds nothing but pings, which read no object."""
+    if len(body) > 4096:
+        return False
+    try:
+        commands = codec.decode(body).get("commands")
+        return bool(commands) and all(command[0] == protocol.PING for command in commands)
+    except Exception:  # the engine reports a malformed envelope properly
+        return False
+
+
+class FleetRequest(Request):
+    """A task request whose acknowledgement waits for a background Redis write."""
+
+    def acknowledge(self) -> None:
+        runtime = _runtime
+        if self.acknowledged or runtime is None or not runtime.defer_ack(self):
+            super().acknowledge()
+
+
 class FleetConsumer(Consumer):
     """Celery's consumer, dead-lettering (with a reason) what it would reject or drop."""
+
+    def register_with_event_loop(self, hub: Any) -> None:
+        super().register_with_event_loop(hub)
+        hub.call_repeatedly(_ACK_POLL, _settle_finished_write)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         _refuse(message, "not a Celery task message (no 'task' header)")

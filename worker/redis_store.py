@@ -17,6 +17,7 @@ The key schema is in :mod:`worker.keys`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -107,6 +108,7 @@ class RedisObjectStore(ObjectStore):
         #: when set, :meth:`commit` only remembers what to write, and :meth:`write_pending`
         #: writes it: the caller publishes a message's outgoing messages in between
         self.defer_commits = False
+        self._tensor_bytes = 0
         self._pending: tuple[str, list[Outgoing]] | None = None
 
     # -- mutations: note the id, then do what the in-memory store does --------------------
@@ -168,12 +170,32 @@ class RedisObjectStore(ObjectStore):
         if pending is not None:
             self._write(*pending)
 
+    def take_pending(self) -> tuple[Callable[[], None], int] | None:
+        """The deferred commit as a job another thread may run, and its tensor bytes.
+
+        Everything but the Redis round trip happens now: the in-memory bookkeeping
+        moves on as if the write had succeeded (a failed write makes the caller reload
+        from Redis). The job sends views of tensors' memory, so nothing may change
+        those tensors until it has finished.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        pipe, size = self._prepare(*pending)
+        return (lambda: self._call(pipe.execute)), size
+
     def discard_pending(self) -> bool:
         """Forget a deferred commit (memory is then ahead of Redis); whether there was one."""
         pending, self._pending = self._pending, None
         return pending is not None
 
     def _write(self, batch_key: str, outgoing: list[Outgoing]) -> None:
+        pipe, _ = self._prepare(batch_key, outgoing)
+        self._call(pipe.execute)
+
+    def _prepare(self, batch_key: str, outgoing: list[Outgoing]) -> tuple[Any, int]:
+        """The MULTI/EXEC pipeline of a commit, and the tensor bytes it carries."""
+        self._tensor_bytes = 0
         pipe = self.redis.pipeline(transaction=True)
         persisted = dict(self._persisted)
         if self._cleared:
@@ -235,16 +257,17 @@ class RedisObjectStore(ObjectStore):
             ),
             ex=self.batch_ttl,
         )
-        self._call(pipe.execute)
         self._persisted = persisted
         self._dirty.clear()
         self._cleared = False
+        return pipe, self._tensor_bytes
 
     def _record(self, obj_id: int, obj: Any, pipe: Any) -> bytes | None:
         """The hash record of ``obj``; a large tensor's parts are queued onto ``pipe``."""
         if isinstance(obj, torch.Tensor):
             # views of the tensor's memory: the pipeline sends them before anything changes it
             pieces = codec.encode_tensor_parts(obj, copy=False)
+            self._tensor_bytes += sum(len(piece) for piece in pieces)
             if sum(len(piece) for piece in pieces) <= self.part_bytes:
                 return b"".join([_TENSOR, *pieces])
             parts = [
