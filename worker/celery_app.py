@@ -139,19 +139,20 @@ class FleetRuntime:
     def commit(self) -> None:
         """Write the store's deferred commit: a big one in the background, else now.
 
-        While a background write runs, the worker goes on with messages that only
-        ping (they read no object), and holds back every acknowledgement until the
-        write is done: a crash before that redelivers those messages, which then run
-        again from what Redis holds. Any other message first waits for the write.
+        While a background write runs, the worker goes on with messages whose commands
+        never change a tensor's memory (:data:`_NON_MUTATING`), and holds back every
+        acknowledgement until the write is done: a crash before that redelivers those
+        messages, which then run again from what Redis holds. Any other message first
+        waits for the write, and so does the next commit, so commits reach Redis in order.
         """
         job = self.store.take_pending()
         if job is None:
             return
+        self.wait_for_write()  # commits reach Redis in the order their messages ran
         write, size = job
         if size < BACKGROUND_WRITE_BYTES:
             write()
             return
-        self.wait_for_write()
         self._write = self._writer.submit(write)
 
     def writing(self) -> bool:
@@ -406,7 +407,7 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
             if whole is None:
                 return None
             envelope = whole  # writable: big tensors are decoded without a copy
-        if runtime.writing() and not _only_pings(envelope):
+        if runtime.writing() and not _non_mutating(envelope):
             runtime.wait_for_write()  # nothing may change the tensors being written
         request = self.request
         # a TensorFleet client's first delivery cannot be a repeat: skip the replay lookup
@@ -503,13 +504,20 @@ def fleet_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     return handle
 
 
-def _only_pings(body: bytes | memoryview) -> bool:
-    """Whether a (small) envelope holds nothing but pings, which read no object."""
+#: Commands that never change a tensor's memory in place: they read, drop, hand on
+#: or add objects. They may run while a background write sends views of tensors.
+_NON_MUTATING = frozenset(
+    {protocol.PING, protocol.GET, protocol.DELETE, protocol.SEND_TO, protocol.STORE}
+)
+
+
+def _non_mutating(body: bytes | memoryview) -> bool:
+    """Whether a (small) envelope holds only :data:`_NON_MUTATING` commands."""
     if len(body) > 4096:
         return False
     try:
         commands = codec.decode(body).get("commands")
-        return bool(commands) and all(command[0] == protocol.PING for command in commands)
+        return bool(commands) and all(command[0] in _NON_MUTATING for command in commands)
     except Exception:  # the engine reports a malformed envelope properly
         return False
 
