@@ -13,7 +13,7 @@ from broker import codec
 from broker.protocol import PointerRecord
 from broker.settings import get_settings
 from worker import keys
-from worker.redis_store import RedisObjectStore, connect
+from worker.redis_store import Outgoing, RedisObjectStore, connect
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_an_applied_batch_replays_its_outgoing_messages(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace)
-    outgoing = [("reply", "q", b"reply-bytes"), ("worker", "alice", b"forward")]
+    outgoing: list[Outgoing] = [("reply", "q", b"reply-bytes"), ("worker", "alice", b"forward")]
     store.put(1, torch.ones(1))
     store.commit("c:1", outgoing)
     restarted = new_store(client, namespace)
