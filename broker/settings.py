@@ -18,6 +18,8 @@ Variables and defaults:
 - ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
 - ``TENSORFLEET_FLUSH_INTERVAL`` = ``0.005``: seconds pipelined commands may wait for more
   company before a fleet client sends them anyway (a synchronising call sends at once).
+- ``TENSORFLEET_TORCH_THREADS`` = ``1``: torch threads of a fleet worker process (several
+  workers share a machine, and each runs one small op at a time).
 - ``TENSORFLEET_PREFETCH`` = ``16``: messages a worker takes from its queue ahead of time.
 - ``TENSORFLEET_BATCH_TTL`` = ``3600``: seconds a worker remembers an applied batch (to replay
   its replies on redelivery) and keeps the parts of a chunked message.
@@ -57,6 +59,7 @@ class Settings:
     max_object_bytes: int = 8 * 1024 * 1024 * 1024
     batch_size: int = 1000
     flush_interval: float = 0.005
+    torch_threads: int = 1
     prefetch: int = 16
     batch_ttl: int = 3600
     connect_retries: int = 5
@@ -92,6 +95,9 @@ class Settings:
                 raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES", defaults.max_object_bytes, minimum=1024
             ),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
+            torch_threads=_integer(
+                raw("TORCH_THREADS"), "TORCH_THREADS", defaults.torch_threads, minimum=1
+            ),
             flush_interval=_number(
                 raw("FLUSH_INTERVAL"), "FLUSH_INTERVAL", defaults.flush_interval
             ),

@@ -11,7 +11,7 @@ _LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 
 @click.command()
 @click.argument("worker_id")
-@click.option("--loglevel", "-l", type=_LOGLEVELS, default="INFO", show_default=True)
+@click.option("--loglevel", "-l", type=_LOGLEVELS, default="WARNING", show_default=True)
 def worker(worker_id: str, loglevel: str) -> None:
     """Run fleet worker WORKER_ID in the foreground: a Celery solo worker on its queue.
 
@@ -26,7 +26,7 @@ def worker(worker_id: str, loglevel: str) -> None:
 
 @click.command()
 @click.argument("worker_ids", nargs=-1, required=True)
-@click.option("--loglevel", "-l", type=_LOGLEVELS, default="INFO", show_default=True)
+@click.option("--loglevel", "-l", type=_LOGLEVELS, default="WARNING", show_default=True)
 def up(worker_ids: tuple[str, ...], loglevel: str) -> None:
     """Run several fleet workers (one process each) until Ctrl-C or SIGTERM stops them all."""
     from worker.runner import run_fleet
