@@ -7,12 +7,14 @@ taken seconds apart in the same process holds. Each benchmark module exposes
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import click
 import torch
@@ -44,6 +46,30 @@ def per_call_us(function: Callable[[], object], calls: int, repeats: int = 3) ->
             function()
         best = min(best, (time.perf_counter() - start) / calls * 1e6)
     return best
+
+
+@contextlib.contextmanager
+def counting_messages(transport: Any) -> Iterator[dict[str, float]]:
+    """Count the messages, commands and bytes a client transport publishes while inside.
+
+    Wraps ``publish`` on this transport instance only, and restores it on the way out.
+    """
+    from broker import codec
+
+    counts = {"commands": 0.0, "messages": 0.0, "bytes": 0.0}
+    publish = transport.publish
+
+    def counting_publish(worker_id: str, body: Any) -> None:
+        counts["messages"] += 1
+        counts["bytes"] += len(body)
+        counts["commands"] += len(codec.decode(body)["commands"])
+        publish(worker_id, body)
+
+    setattr(transport, "publish", counting_publish)  # noqa: B010  # on this instance only
+    try:
+        yield counts
+    finally:
+        delattr(transport, "publish")  # back to the class's method
 
 
 def in_process_rows(quick: bool) -> list[Row]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from client.bench import Row
+from client.bench import Row, counting_messages
 from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
 
@@ -77,23 +77,9 @@ def _local_round(
 
 def _counted_round(strategy: FedAvg, model: nn.Module, dataset: Any) -> dict[str, float]:
     """Commands, messages and bytes the client publishes in one (untimed) round."""
-    from broker import codec
-
     transport = dataset[dataset.workers[0]].location.session.transport
-    publish = transport.publish
-    counts = {"commands": 0.0, "messages": 0.0, "bytes": 0.0}
-
-    def counting_publish(worker_id: str, body: bytes) -> None:
-        counts["messages"] += 1
-        counts["bytes"] += len(body)
-        counts["commands"] += len(codec.decode(body)["commands"])
-        publish(worker_id, body)
-
-    setattr(transport, "publish", counting_publish)  # noqa: B010  # on this instance only
-    try:
+    with counting_messages(transport) as counts:
         strategy.fit_round(model, dataset)
-    finally:
-        delattr(transport, "publish")
     return counts
 
 
@@ -190,7 +176,7 @@ def run(quick: bool) -> list[Row]:
 def run_fleet(quick: bool) -> list[Row]:
     """One FedAvg round on fleet workers (started on this machine if none answer)."""
     import client as sy
-    from client.demo import fleet_workers
+    from client.fleet_launch import fleet_workers
 
     with fleet_workers([*OWNERS, AGGREGATOR], sy.TorchHook(torch)) as workers:
         return _rows(workers[:-1], workers[-1], quick, "fleet")

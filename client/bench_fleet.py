@@ -34,11 +34,11 @@ from typing import Any
 import pika
 import torch
 
-from broker import topology
 from broker.amqp import pika_url
-from broker.errors import WorkerUnavailableError
 from broker.settings import get_settings
 from client.bench import Row
+from client.fleet_launch import answering, fleet_workers
+from worker.runner import stop_processes
 
 MIB = 2**20
 BIG = 100 * MIB
@@ -100,16 +100,6 @@ def _median_us(function: Callable[[], object], calls: int, warmup: int = 20) -> 
     return statistics.median(samples) * 1e6
 
 
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 # ---------------------------------------------------------------------- raw pika
 class RawPika:
     """A pika client and an echo consumer subprocess: the raw-broker baselines."""
@@ -134,7 +124,7 @@ class RawPika:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.connection.close()
-        _stop(self.process)
+        stop_processes([self.process])
 
     def _call(self, body: bytes, headers: dict[str, str] | None = None) -> bytes:
         self.channel.basic_publish(
@@ -221,7 +211,7 @@ def celery_noop(url: str) -> Iterator[Callable[[], object]]:
             sys.path.remove(directory)
             os.environ.pop("TFBENCH_BROKER", None)
             sys.modules.pop("tfbench_celery", None)
-            _stop(process)
+            stop_processes([process])
             with contextlib.suppress(Exception):
                 connection = pika.BlockingConnection(pika.URLParameters(pika_url(url)))
                 connection.channel().queue_delete(queue)
@@ -229,90 +219,6 @@ def celery_noop(url: str) -> Iterator[Callable[[], object]]:
 
 
 # ---------------------------------------------------------------------- the fleet
-def _reset_client() -> None:
-    """Drop the process-wide fleet session and transport (settings changed)."""
-    import client.workers
-    from client.fleet import reset_fleet_transport
-
-    get_settings.cache_clear()
-    reset_fleet_transport()
-    client.workers._fleet_session = None  # a bench-only switch of namespace
-
-
-@contextlib.contextmanager
-def fleet_workers() -> Iterator[tuple[Any, Any]]:
-    """FleetWorkers bob and alice; started in a private namespace if none answer in 3 s."""
-    import client as sy
-
-    hook = sy.TorchHook(torch)
-    bob, alice = sy.FleetWorker(hook, id="bob"), sy.FleetWorker(hook, id="alice")
-    session = bob.session
-    timeout, session.timeout = session.timeout, 3.0
-    try:
-        bob.synchronize()
-        alice.synchronize()
-    except WorkerUnavailableError:
-        pass
-    else:
-        session.timeout = timeout
-        yield bob, alice
-        return
-    session.timeout = timeout
-    previous = os.environ.get("TENSORFLEET_NAMESPACE")
-    namespace = f"tfbench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    os.environ["TENSORFLEET_NAMESPACE"] = namespace
-    _reset_client()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "worker", worker_id, "-l", "WARNING"],
-            stdout=subprocess.DEVNULL,
-        )
-        for worker_id in _WORKERS
-    ]
-    try:
-        bob, alice = sy.FleetWorker(hook, id="bob"), sy.FleetWorker(hook, id="alice")
-        session = bob.session
-        timeout, session.timeout = session.timeout, 120.0  # pings wait until workers start
-        bob.synchronize()
-        alice.synchronize()
-        session.timeout = timeout
-        yield bob, alice
-    finally:
-        for process in processes:
-            _stop(process)
-        _purge(namespace)
-        if previous is None:
-            os.environ.pop("TENSORFLEET_NAMESPACE", None)
-        else:
-            os.environ["TENSORFLEET_NAMESPACE"] = previous
-        _reset_client()
-
-
-def _purge(namespace: str) -> None:
-    """Delete the private namespace's queues, exchanges and Redis keys (best effort)."""
-    import redis
-
-    from worker import keys
-
-    settings = get_settings()
-    with contextlib.suppress(Exception):
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
-        channel = connection.channel()
-        for worker_id in _WORKERS:
-            name = topology.worker_queue(worker_id, namespace)
-            channel.queue_delete(name)
-            channel.exchange_delete(name)
-        channel.queue_delete(topology.dead_letter_queue(namespace))
-        channel.exchange_delete(topology.dead_letter_exchange(namespace))
-        connection.close()
-    with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(settings.redis_url)
-        found = list(client.scan_iter(match=keys.pattern(namespace), count=1000))
-        for start in range(0, len(found), 500):
-            client.delete(*found[start : start + 500])
-        client.close()
-
-
 def _fleet_figures(bob: Any, alice: Any, quick: bool) -> dict[str, float]:
     repeats = 1 if quick else 3
     figures: dict[str, float] = {}
@@ -376,6 +282,8 @@ def _fleet_figures(bob: Any, alice: Any, quick: bool) -> dict[str, float]:
 
 def run(quick: bool) -> list[Row]:
     """The fleet rows: TensorFleet on bob and alice beside raw pika and plain Celery."""
+    import client as sy
+
     url = get_settings().broker_url
     repeats = 1 if quick else 3
     raw = RawPika(url)
@@ -386,7 +294,10 @@ def run(quick: bool) -> list[Row]:
         raw_s = _best(lambda: raw.transfer_s(payload), repeats)
         with celery_noop(url) as noop:
             celery_us = _median_us(noop, 200 if quick else 1000)
-        with fleet_workers() as (bob, alice):
+        hook = sy.TorchHook(torch)
+        # a fleet that answers is measured as it is; otherwise a private one, cleaned up after
+        private = not answering(_WORKERS, hook)
+        with fleet_workers(_WORKERS, hook, private=private) as (bob, alice):
             fleet = _fleet_figures(bob, alice, quick)
         # the raw baseline again after the fleet figures: the better of the two windows
         raw_s = min(raw_s, _best(lambda: raw.transfer_s(payload), repeats))

@@ -8,17 +8,12 @@ messages and bytes the client sends per call, counted in an untimed pass.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from broker import codec
-from broker.errors import WorkerUnavailableError
-from client.bench import Row, per_call_us
+from client.bench import Row, counting_messages, per_call_us
 
 OPS = 50
 CALLS = 100
@@ -32,25 +27,6 @@ def fifty_ops(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z = z * y
         z = z + 1.0
     return z
-
-
-@contextlib.contextmanager
-def _counting(worker: Any, counts: dict[str, float]) -> Iterator[None]:
-    """Count the messages, commands and bytes the client publishes while inside."""
-    transport = worker.session.transport
-    publish = transport.publish
-
-    def counting_publish(worker_id: str, body: bytes) -> None:
-        counts["messages"] += 1
-        counts["bytes"] += len(body)
-        counts["commands"] += len(codec.decode(body)["commands"])
-        publish(worker_id, body)
-
-    setattr(transport, "publish", counting_publish)  # noqa: B010  # on this instance only
-    try:
-        yield
-    finally:
-        delattr(transport, "publish")  # back to the class's method
 
 
 def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
@@ -100,11 +76,9 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
     counts: dict[str, dict[str, float]] = {}
     for name, call in (("plan", with_plan), ("ops", one_by_one)):
         worker.synchronize()
-        counted = counts[name] = {"messages": 0.0, "commands": 0.0, "bytes": 0.0}
-        with _counting(worker, counted):
+        with counting_messages(worker.session.transport) as counted:
             pipelined(call)()
-        for key in counted:
-            counted[key] /= CALLS
+        counts[name] = {key: value / CALLS for key, value in counted.items()}
     worker.clear_objects()
     baseline = f"same {OPS} ops one by one"
     return [
@@ -161,39 +135,10 @@ def run(quick: bool) -> list[Row]:
     return _rows(sy.VirtualWorker(hook, id="bench_plans"), quick, "in-process")
 
 
-@contextlib.contextmanager
-def fleet_worker(worker_id: str) -> Iterator[Any]:
-    """Fleet worker ``worker_id``; if none answers within 3 s, run one for the duration."""
-    import client as sy
-
-    worker = sy.FleetWorker(sy.TorchHook(torch), id=worker_id)
-    session = worker.session
-    timeout, session.timeout = session.timeout, 3.0
-    process = None
-    try:
-        try:
-            worker.synchronize()
-        except WorkerUnavailableError:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "client.cli", "worker", worker_id, "-l", "WARNING"],
-                stdout=subprocess.DEVNULL,
-            )
-            session.timeout = 120.0  # the ping waits in the durable queue until it starts
-            worker.synchronize()
-        session.timeout = timeout
-        yield worker
-    finally:
-        session.timeout = timeout
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def run_fleet(quick: bool) -> list[Row]:
     """The plan rows on a fleet worker (RabbitMQ, Celery, Redis)."""
-    with fleet_worker("bench_plans") as worker:
+    import client as sy
+    from client.fleet_launch import fleet_workers
+
+    with fleet_workers(["bench_plans"], sy.TorchHook(torch)) as (worker,):
         return _rows(worker, quick, "fleet")

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -295,55 +292,6 @@ def write_plot(result: DemoResult, path: Path, title: str) -> None:
 
 
 @contextlib.contextmanager
-def fleet_workers(worker_ids: Sequence[str], hook: Any) -> Iterator[list[Any]]:
-    """Fleet workers ``worker_ids``; any that does not answer within 3 s runs here meanwhile."""
-    import client as sy
-    from broker.errors import WorkerUnavailableError
-
-    workers = [sy.FleetWorker(hook, id=worker_id) for worker_id in worker_ids]
-    session = workers[0].session
-    timeout = session.timeout
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        session.timeout = 3.0
-        missing = []
-        for worker in workers:
-            try:
-                worker.synchronize()
-            except WorkerUnavailableError:
-                missing.append(worker)
-        # one torch thread per worker: several workers share this machine's cores, and
-        # intra-op threads on tiny tensors only contend (20-50x slower rounds under load)
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        for worker in missing:
-            click.echo(
-                f"starting fleet worker {worker.id} (tensorfleet worker {worker.id})", err=True
-            )
-            started.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "client.cli", "worker", worker.id, "-l", "WARNING"],
-                    stdout=subprocess.DEVNULL,
-                    env=env,
-                )
-            )
-        session.timeout = 120.0  # a worker that is starting answers once torch is imported
-        for worker in missing:
-            worker.synchronize()
-        session.timeout = timeout
-        yield workers
-    finally:
-        session.timeout = timeout
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@contextlib.contextmanager
 def demo_workers(fleet: bool, owner_ids: Sequence[str]) -> Iterator[tuple[list[Any], Any]]:
     """(data owners, aggregator), in-process or on the fleet, each with an empty store."""
     import client as sy
@@ -352,7 +300,9 @@ def demo_workers(fleet: bool, owner_ids: Sequence[str]) -> Iterator[tuple[list[A
     ids = [*owner_ids, AGGREGATOR]
     context: contextlib.AbstractContextManager[list[Any]]
     if fleet:
-        context = fleet_workers(ids, hook)
+        from client.fleet_launch import fleet_workers
+
+        context = fleet_workers(ids, hook, announce=lambda line: click.echo(line, err=True))
     else:
         context = contextlib.nullcontext([sy.VirtualWorker(hook, id=i) for i in ids])
     with context as workers:

@@ -36,14 +36,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pika
-import redis
-
-from broker import codec, protocol, topology
-from broker.amqp import pika_url
+from broker import codec, protocol
 from broker.settings import Settings, get_settings
 from client.fleet import FleetTransport, reset_fleet_transport
-from worker import keys
+from worker.runner import purge_namespace
 
 REPO = Path(__file__).resolve().parent.parent
 #: Seconds a worker may take from spawn to answering its first ping (imports torch).
@@ -192,22 +188,7 @@ class RunningFleet:
 
 def purge(namespace: str, worker_ids: Sequence[str], settings: Settings) -> None:
     """Delete every queue, exchange and Redis key of ``namespace`` (best effort)."""
-    with contextlib.suppress(Exception):
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
-        channel = connection.channel()
-        for worker_id in worker_ids:
-            name = topology.worker_queue(worker_id, namespace)
-            channel.queue_delete(name)
-            channel.exchange_delete(name)
-        channel.queue_delete(topology.dead_letter_queue(namespace))
-        channel.exchange_delete(topology.dead_letter_exchange(namespace))
-        connection.close()
-    with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(settings.redis_url)
-        batch = list(client.scan_iter(match=keys.pattern(namespace), count=1000))
-        for start in range(0, len(batch), 500):
-            client.delete(*batch[start : start + 500])
-        client.close()
+    purge_namespace(namespace, worker_ids, settings)
 
 
 def new_namespace() -> str:

@@ -8,6 +8,7 @@ such process per id and stops them all when it is told to stop or one dies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,9 +16,10 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from broker import topology
-from broker.settings import get_settings
+from broker.settings import Settings, get_settings
 
 
 def worker_argv(worker_id: str, namespace: str, loglevel: str = "INFO") -> list[str]:
@@ -89,3 +91,58 @@ def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
             signal.signal(sig, handler)
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 0 if stopping or not failed else failed[0]
+
+
+def start_worker_process(
+    worker_id: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``tensorfleet worker <id>`` as a child process (quiet: WARNING, no stdout)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[Any]], grace: float = 30.0) -> None:
+    """SIGTERM every process (a warm shutdown), then SIGKILL any still there after ``grace``."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def purge_namespace(namespace: str, worker_ids: Sequence[str], settings: Settings) -> None:
+    """Delete a namespace's worker queues, dead-letter queue and Redis keys (best effort).
+
+    For runs that made a namespace of their own (tests, benchmarks): nothing may be
+    left behind, and a half-gone broker or Redis must not turn clean-up into a failure.
+    """
+    import pika
+    import redis
+
+    from broker.amqp import pika_url
+    from worker import keys
+
+    with contextlib.suppress(Exception):
+        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+        channel = connection.channel()
+        for worker_id in worker_ids:
+            name = topology.worker_queue(worker_id, namespace)
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
+        channel.queue_delete(topology.dead_letter_queue(namespace))
+        channel.exchange_delete(topology.dead_letter_exchange(namespace))
+        connection.close()
+    with contextlib.suppress(Exception):
+        client = redis.Redis.from_url(settings.redis_url)
+        found = list(client.scan_iter(match=keys.pattern(namespace), count=1000))
+        for start in range(0, len(found), 500):
+            client.delete(*found[start : start + 500])
+        client.close()
