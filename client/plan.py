@@ -44,32 +44,11 @@ from broker.errors import PlanNotBuiltError, TensorsNotCollocatedException
 from broker.ops import wire_name
 from broker.protocol import Slot
 from client.meta import Meta
-from client.pointer import PointerTensor, make_pointer, new_id
+from client.pointer import VALUE_READS, PointerTensor, make_pointer, new_id
 
 # ---------------------------------------------------------------------------- tracing
 
 #: calls that read values: a plan cannot branch on data (its control flow is fixed at build)
-_VALUE_READS = {
-    getattr(torch.Tensor, name)
-    for name in (
-        "item",
-        "tolist",
-        "numpy",
-        "__bool__",
-        "__float__",
-        "__int__",
-        "__index__",
-        "__complex__",
-        "__array__",
-        "__contains__",
-        "data_ptr",
-        "equal",
-        "allclose",
-        "is_nonzero",
-        "__reduce_ex__",
-    )
-    if hasattr(torch.Tensor, name)
-} | {torch.equal, torch.allclose, torch.is_nonzero}
 #: calls that read sizes: the plan is then specific to the shapes it was built with
 _SHAPE_READS = {
     getattr(torch.Tensor, name)
@@ -172,7 +151,7 @@ class _Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         if type(func) is MethodWrapperType:
             return self._attribute(func, args, kwargs)
-        if func in _VALUE_READS:
+        if func in VALUE_READS:
             raise ValueError(
                 f"The plan {self.plan_name} read a tensor's value ({func.__name__}) while "
                 "being built. A plan is the straight line of torch operations one call makes: "

@@ -359,7 +359,14 @@ _VALUE_METHODS = (
     "__reduce_ex__",
     "equal",
     "allclose",
+    "is_nonzero",
     "__contains__",
+)
+#: every callable that reads a tensor's values: a pointer refuses them (call .get()), and a
+#: plan refuses them while tracing (its control flow cannot depend on data)
+VALUE_READS: frozenset[Any] = frozenset(
+    [getattr(torch.Tensor, name) for name in _VALUE_METHODS if hasattr(torch.Tensor, name)]
+    + [torch.equal, torch.allclose, torch.is_nonzero]
 )
 _METADATA_ATTRIBUTES = (
     "shape",
@@ -394,11 +401,8 @@ _LOCAL_HANDLERS: dict[Any, Callable[..., Any]] = {}
 for _method_name in _METADATA_METHODS:
     if hasattr(torch.Tensor, _method_name):
         _LOCAL_HANDLERS[getattr(torch.Tensor, _method_name)] = _run_locally
-for _method_name in _VALUE_METHODS:
-    if hasattr(torch.Tensor, _method_name):
-        _LOCAL_HANDLERS[getattr(torch.Tensor, _method_name)] = _refuse_value
-_LOCAL_HANDLERS[torch.equal] = _refuse_value
-_LOCAL_HANDLERS[torch.allclose] = _refuse_value
+for _value_read in VALUE_READS:
+    _LOCAL_HANDLERS[_value_read] = _refuse_value
 
 _ATTRIBUTE_NAMES: dict[Any, str] = {}
 for _cls in torch.Tensor.__mro__:
