@@ -109,6 +109,18 @@ class Slot:
     index: int
 
 
+def bind_slots(value: Any, slots: list[Any]) -> Any:
+    """``value`` with every Slot replaced by ``slots[slot.index]`` (lists, tuples, dicts too)."""
+    kind = type(value)
+    if kind is Slot:
+        return slots[value.index]
+    if kind is list or kind is tuple:
+        return kind(bind_slots(item, slots) for item in value)
+    if kind is dict:
+        return {key: bind_slots(item, slots) for key, item in value.items()}
+    return value
+
+
 # -- end Plans ------------------------------------------------------------------------
 
 

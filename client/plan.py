@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 from broker import codec, protocol
 from broker.errors import PlanNotBuiltError, TensorsNotCollocatedException
 from broker.ops import wire_name
-from broker.protocol import Slot
+from broker.protocol import Slot, bind_slots
 from client.meta import Meta
 from client.pointer import VALUE_READS, PointerTensor, make_pointer, new_id
 
@@ -233,17 +233,6 @@ def _to_slots(value: Any, slot_of: dict[int, int]) -> Any:
     return value
 
 
-def _bind(value: Any, slots: list[Any]) -> Any:
-    kind = type(value)
-    if kind is Slot:
-        return slots[value.index]
-    if kind is list or kind is tuple:
-        return kind(_bind(item, slots) for item in value)
-    if kind is dict:
-        return {key: _bind(item, slots) for key, item in value.items()}
-    return value
-
-
 def _meta_of(tensor: torch.Tensor) -> Meta:
     return (tuple(tensor.shape), tensor.dtype, tensor.requires_grad)
 
@@ -311,7 +300,7 @@ class Trace:
         try:
             with torch.set_grad_enabled(grad):
                 for func, (_, args, kwargs, outs) in zip(self.funcs, self.ops, strict=True):
-                    result = func(*_bind(args, slots), **_bind(kwargs, slots))
+                    result = func(*bind_slots(args, slots), **bind_slots(kwargs, slots))
                     results = (result,) if isinstance(result, torch.Tensor) else result or ()
                     slots += [
                         value for out, value in zip(outs, results, strict=True) if out is not None

@@ -7,34 +7,14 @@ same steps to 1e-5.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
+from recording import recording_commands
 from torch import nn, optim
 from torch.utils.data import TensorDataset
 
-from broker import codec
 from client.federated import FedAvg, LocalTraining, local_batches, secure_average
-
-
-@contextlib.contextmanager
-def recording_commands(worker: Any) -> Iterator[list[tuple[str, list[Any]]]]:
-    """Every command the client publishes while inside, as (worker id, command)."""
-    transport = worker.session.transport
-    publish = transport.publish
-    sent: list[tuple[str, list[Any]]] = []
-
-    def recording_publish(worker_id: str, body: bytes) -> None:
-        sent.extend((worker_id, command) for command in codec.decode(body)["commands"])
-        publish(worker_id, body)
-
-    setattr(transport, "publish", recording_publish)  # noqa: B010  # this instance only
-    try:
-        yield sent
-    finally:
-        delattr(transport, "publish")
 
 
 def gets(sent: list[tuple[str, list[Any]]]) -> list[str]:

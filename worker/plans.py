@@ -32,7 +32,7 @@ import torch
 
 from broker.errors import MalformedMessageError
 from broker.ops import is_inplace
-from broker.protocol import PointerRecord, Ref, Slot
+from broker.protocol import PointerRecord, Ref, Slot, bind_slots
 from worker.allowlist import Allowlist
 
 PLAN_VERSION = 1
@@ -203,17 +203,6 @@ def decode_plan(data: Any, allowlist: Allowlist, worker_id: str) -> StoredPlan:
     return StoredPlan(data, name, inputs, list(state), checked, list(outputs))
 
 
-def _bind(value: Any, slots: list[Any]) -> Any:
-    kind = type(value)
-    if kind is Slot:
-        return slots[value.index]
-    if kind is list or kind is tuple:
-        return kind(_bind(item, slots) for item in value)
-    if kind is dict:
-        return {key: _bind(item, slots) for key, item in value.items()}
-    return value
-
-
 def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
     """Run ``plan`` on ``inputs`` (tensors); returns its output tensors."""
     if len(inputs) != plan.inputs:
@@ -234,7 +223,7 @@ def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
                 args[position] = slots[index]
             result = op.func(*args, **op.kwargs)
         else:
-            result = op.func(*_bind(op.args, slots), **_bind(op.kwargs, slots))
+            result = op.func(*bind_slots(op.args, slots), **bind_slots(op.kwargs, slots))
         outs = op.outs
         if not outs:
             continue
