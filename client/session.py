@@ -7,6 +7,26 @@ command, so data a worker will forward to is published before the forward.
 
 Finalizers (pointer garbage collection) only append a delete to a queue: they
 never do I/O, never flush and never take a lock.
+
+Threads and who owns what
+-------------------------
+Three kinds of thread touch a session: the user's thread (pointer ops, sync
+calls), the periodic flusher (fleet sessions) and whichever thread runs a
+pointer's finalizer. They hand commands over through **one** deque,
+``_pending``, of ``(worker_id, command)`` pairs: ``deque.append`` and
+``deque.popleft`` are atomic, so producers never lock and never lose a command.
+
+* ``_pending`` (deque): appended by any thread; drained only inside
+  :meth:`flush`, under ``_flush_lock``, which takes exactly the pairs present
+  when it starts and groups them per worker in a dict local to that flush.
+* ``_routes`` (deque): pointer-chain routes to wait for; appended by any thread,
+  drained only by the synchronising call (the user's thread).
+* ``_replies``, ``_errors``: written and read only by the thread that waits for
+  an answer (:meth:`wait`), which is the user's thread.
+
+(An earlier version kept a dict of per-worker deques that the flusher emptied
+and removed while the user's thread appended to them: a command appended to a
+deque just removed from the dict was never sent.)
 """
 
 from __future__ import annotations
@@ -43,14 +63,14 @@ class Session:
         self.timeout = timeout
         self.batch_size = batch_size
         self.client_id = client_id or f"client-{os.getpid()}-{random.getrandbits(32):08x}"
-        self._queues: dict[str, deque[list[Any] | tuple[Any, ...]]] = {}
-        self._queued = 0
+        #: (worker id, command) pairs waiting to be sent, oldest first (see the module doc)
+        self._pending: deque[tuple[str, list[Any] | tuple[Any, ...]]] = deque()
         self._requests = itertools.count(1)
         self._batches = itertools.count(random.getrandbits(40))
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._errors: list[Exception] = []
         #: chains that forwarded commands since the last synchronising call (worker id paths)
-        self._routes: set[tuple[str, ...]] = set()
+        self._routes: deque[tuple[str, ...]] = deque()
         #: worker id -> client-side handle, so pointers that arrive by id find their worker
         self.workers: dict[str, Any] = {}
         self.worker_factory: Callable[[str], Any] | None = None
@@ -66,12 +86,9 @@ class Session:
     # ------------------------------------------------------------------ queueing
     def enqueue(self, worker_id: str, command: list[Any] | tuple[Any, ...]) -> None:
         """Queue a pipelined command; flush when the batch is full."""
-        queue = self._queues.get(worker_id)
-        if queue is None:
-            queue = self._queues[worker_id] = deque()
-        queue.append(command)
-        self._queued += 1
-        if self._queued >= self.batch_size:
+        pending = self._pending
+        pending.append((worker_id, command))
+        if len(pending) >= self.batch_size:
             self.flush()
 
     def enqueue_from_finalizer(
@@ -81,16 +98,17 @@ class Session:
         route: tuple[str, ...] | None = None,
     ) -> None:
         """Queue a command from a finalizer: append only, never flush (no I/O in __del__)."""
-        queue = self._queues.get(worker_id)
-        if queue is None:
-            queue = self._queues.setdefault(worker_id, deque())
-        queue.append(command)
+        self._pending.append((worker_id, command))
         if route is not None:
-            self._routes.add(route)
+            self._routes.append(route)
 
     def note_route(self, route: tuple[str, ...]) -> None:
         """A queued command will be forwarded along ``route``: the next sync call waits for it."""
-        self._routes.add(route)
+        self._routes.append(route)
+
+    def pending(self) -> int:
+        """How many commands are queued and not yet sent."""
+        return len(self._pending)
 
     def flush(self) -> None:
         """Send every queued command, one message per worker."""
@@ -101,7 +119,7 @@ class Session:
         """Send commands that waited ``flush_interval`` seconds, so idle pipelines still run."""
         assert self._flush_interval is not None
         while not self._closed.wait(self._flush_interval):
-            if any(self._queues.values()):
+            if self._pending:
                 try:
                     self.flush()
                 except Exception:  # the next synchronising call reports a broken transport
@@ -112,23 +130,26 @@ class Session:
         self._closed.set()
 
     def _flush_locked(self) -> None:
-        self._queued = 0
-        for worker_id in list(self._queues):
-            queue = self._queues.get(worker_id)
-            if not queue:
-                continue
-            commands = []
-            popleft = queue.popleft
-            while queue:
-                commands.append(popleft())
+        """Take the commands queued now, group them per worker, publish one batch per worker.
+
+        Workers are published in the order they first got a pending command, so data a
+        worker will forward to is published before the forward.
+        """
+        pending = self._pending
+        batches: dict[str, list[Any]] = {}
+        popleft = pending.popleft
+        for _ in range(len(pending)):  # only what is here now: producers may go on appending
+            worker_id, command = popleft()
+            commands = batches.get(worker_id)
+            if commands is None:
+                commands = batches[worker_id] = []
+            commands.append(command)
+        for worker_id, commands in batches.items():
             body = codec.encode_marked(
                 protocol.envelope(
                     next(self._batches), self.client_id, self.transport.reply_address, commands
                 )
             )
-            # drop the emptied queue so flush order follows the next first command
-            if not queue:
-                self._queues.pop(worker_id, None)
             self.transport.publish(worker_id, body)
 
     # ------------------------------------------------------------------ requests
@@ -152,7 +173,9 @@ class Session:
         ping, everything it forwarded is queued at hop *k+1* ahead of our next message.
         Pinging the hops in order therefore orders this call after all forwarded work.
         """
-        routes, self._routes = self._routes, set()
+        routes: set[tuple[str, ...]] = set()
+        while self._routes:
+            routes.add(self._routes.popleft())
         for position in range(max(len(route) for route in routes)):
             hops = {route[position] for route in routes if len(route) > position}
             pending = []
