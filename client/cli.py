@@ -12,10 +12,10 @@ import click
 
 #: sub-command name -> "module:attribute" of its click command
 _COMMANDS = {
-    "worker": "client.cli_fleet:worker",
-    "up": "client.cli_fleet:up",
-    "demo": "client.demo:demo",
-    "bench": "client.bench:bench",
+    "worker": "worker.cli:worker",
+    "up": "worker.cli:up",
+    "demo": "deploy.demo:demo",
+    "bench": "deploy.bench.command:bench",
 }
 
 

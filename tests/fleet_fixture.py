@@ -24,7 +24,6 @@ not answer raises :class:`FleetStartError` with the end of its log.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -39,7 +38,7 @@ from typing import Any
 from broker import codec, protocol
 from broker.settings import Settings, get_settings
 from client.fleet import FleetTransport, reset_fleet_transport
-from worker.runner import purge_namespace
+from worker.runner import purge_namespace, start_worker_process
 
 REPO = Path(__file__).resolve().parent.parent
 #: Seconds a worker may take from spawn to answering its first ping (imports torch).
@@ -50,12 +49,6 @@ STOP_TIMEOUT = 30.0
 
 class FleetStartError(RuntimeError):
     """A test worker did not start: the message includes the end of its log."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGTERM the worker if the test process dies, so none linger."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class RunningFleet:
@@ -79,16 +72,10 @@ class RunningFleet:
         process = self.processes.get(worker_id)
         if process is not None and process.poll() is None:
             raise RuntimeError(f"worker {worker_id} is already running")
-        log = open(self.log_path(worker_id), "ab")  # noqa: SIM115 - closed by the child's exit
-        self.processes[worker_id] = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", "WARNING"],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
+        with open(self.log_path(worker_id), "ab") as log:
+            self.processes[worker_id] = start_worker_process(
+                worker_id, self.env, log=log, cwd=REPO, die_with_parent=True
+            )
         if wait:
             self.wait_ready([worker_id])
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
-from client.demo import DemoConfig, demo, load_mnist_split, run_demo
+from deploy.demo import DemoConfig, demo, load_mnist_split, run_demo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

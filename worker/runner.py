@@ -9,14 +9,15 @@ such process per id and stops them all when it is told to stop or one dies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 from broker import topology
 from broker.settings import Settings, get_settings
@@ -61,10 +62,7 @@ def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
     for worker_id in worker_ids:
         topology.worker_queue(worker_id, namespace)
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel]
-        )
-        for worker_id in worker_ids
+        start_worker_process(worker_id, loglevel=loglevel, quiet=False) for worker_id in worker_ids
     ]
     stopping = False
 
@@ -77,30 +75,44 @@ def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.2)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in processes:
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(processes)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 0 if stopping or not failed else failed[0]
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGTERM the worker when its parent dies, so no worker outlives its run."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_worker_process(
-    worker_id: str, env: dict[str, str] | None = None
+    worker_id: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    loglevel: str = "WARNING",
+    log: IO[bytes] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    quiet: bool = True,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start ``tensorfleet worker <id>`` as a child process (quiet: WARNING, no stdout)."""
+    """Start ``tensorfleet worker <id>`` as a child process: the one launcher of worker processes.
+
+    The CLI (``tensorfleet up``), the demo and benchmarks, and the test fixture all start
+    workers here. ``log`` receives the worker's stdout and stderr (default: stdout is
+    dropped when ``quiet``, stderr is inherited); ``die_with_parent`` makes Linux stop the
+    worker if this process dies first (tests and temporary fleets).
+    """
+    stdout: Any = log if log is not None else (subprocess.DEVNULL if quiet else None)
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", "WARNING"],
-        stdout=subprocess.DEVNULL,
-        env=env,
+        [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel],
+        stdout=stdout,
+        stderr=subprocess.STDOUT if log is not None else None,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        preexec_fn=_die_with_parent if die_with_parent else None,
     )
 
 

@@ -21,23 +21,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from client.bench import Row, counting_messages
 from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
+from deploy.bench.common import Row, counting_messages
 
 OWNERS = ("bench_bob", "bench_alice", "bench_jon")
 AGGREGATOR = "bench_secure"
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from client.demo import DemoConfig, load_digits_split
+    from deploy.demo import DemoConfig, load_digits_split
 
     split = load_digits_split(DemoConfig())
     return split.train_x, split.train_y
 
 
 def _model() -> nn.Module:
-    from client.demo import DemoConfig, make_model
+    from deploy.demo import DemoConfig, make_model
 
     return make_model(64, DemoConfig.hidden, 10, seed=0)
 
@@ -176,7 +176,7 @@ def run(quick: bool) -> list[Row]:
 def run_fleet(quick: bool) -> list[Row]:
     """One FedAvg round on fleet workers (started on this machine if none answer)."""
     import client as sy
-    from client.fleet_launch import fleet_workers
+    from deploy.fleet_launch import fleet_workers
 
     with fleet_workers([*OWNERS, AGGREGATOR], sy.TorchHook(torch)) as workers:
         return _rows(workers[:-1], workers[-1], quick, "fleet")

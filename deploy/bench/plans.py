@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from client.bench import Row, counting_messages, per_call_us
+from deploy.bench.common import Row, counting_messages, per_call_us
 
 OPS = 50
 CALLS = 100
@@ -138,7 +138,7 @@ def run(quick: bool) -> list[Row]:
 def run_fleet(quick: bool) -> list[Row]:
     """The plan rows on a fleet worker (RabbitMQ, Celery, Redis)."""
     import client as sy
-    from client.fleet_launch import fleet_workers
+    from deploy.fleet_launch import fleet_workers
 
     with fleet_workers(["bench_plans"], sy.TorchHook(torch)) as (worker,):
         return _rows(worker, quick, "fleet")

@@ -36,8 +36,8 @@ import torch
 
 from broker.amqp import pika_url
 from broker.settings import get_settings
-from client.bench import Row
-from client.fleet_launch import answering, fleet_workers
+from deploy.bench.common import Row
+from deploy.fleet_launch import answering, fleet_workers
 from worker.runner import stop_processes
 
 MIB = 2**20

@@ -300,7 +300,7 @@ def demo_workers(fleet: bool, owner_ids: Sequence[str]) -> Iterator[tuple[list[A
     ids = [*owner_ids, AGGREGATOR]
     context: contextlib.AbstractContextManager[list[Any]]
     if fleet:
-        from client.fleet_launch import fleet_workers
+        from deploy.fleet_launch import fleet_workers
 
         context = fleet_workers(ids, hook, announce=lambda line: click.echo(line, err=True))
     else:
