@@ -14,7 +14,10 @@ Variables and defaults:
   (and test runs) sharing a broker and a Redis stay apart.
 - ``TENSORFLEET_MAX_MESSAGE_BYTES`` = ``67108864`` (64 MiB): largest AMQP message; bigger bodies
   travel in chunks (RabbitMQ refuses messages above 128 MiB).
-- ``TENSORFLEET_MAX_OBJECT_BYTES`` = ``8589934592`` (8 GiB): largest reassembled message.
+- ``TENSORFLEET_MAX_OBJECT_BYTES`` = ``8589934592`` (8 GiB): largest reassembled message, and
+  the most bytes one op's results may take (checked before the op runs).
+- ``TENSORFLEET_MAX_OP_WORK`` = ``1073741824`` (2**30): the most work one op may ask of a
+  worker: elements read and written, plus multiply-adds for contractions (matmul, conv).
 - ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
 - ``TENSORFLEET_FLUSH_INTERVAL`` = ``0.005``: seconds pipelined commands may wait for more
   company before a fleet client sends them anyway (a synchronising call sends at once).
@@ -57,6 +60,7 @@ class Settings:
     namespace: str = "tensorfleet"
     max_message_bytes: int = 64 * 1024 * 1024
     max_object_bytes: int = 8 * 1024 * 1024 * 1024
+    max_op_work: int = 2**30
     batch_size: int = 1000
     flush_interval: float = 0.005
     torch_threads: int = 1
@@ -93,6 +97,9 @@ class Settings:
             ),
             max_object_bytes=_integer(
                 raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES", defaults.max_object_bytes, minimum=1024
+            ),
+            max_op_work=_integer(
+                raw("MAX_OP_WORK"), "MAX_OP_WORK", defaults.max_op_work, minimum=1024
             ),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
             torch_threads=_integer(

@@ -28,7 +28,9 @@ class Hub:
         """The engine of ``worker_id``, created on first use (a VirtualWorker's id)."""
         engine = self.engines.get(worker_id)
         if engine is None:
-            engine = self.engines[worker_id] = Engine(worker_id)
+            engine = self.engines[worker_id] = Engine(
+                worker_id, is_worker=self.engines.__contains__
+            )
         return engine
 
     def mailbox(self, address: str) -> deque[Body]:
@@ -48,7 +50,7 @@ class Hub:
                 progressed = False
                 for worker_id, inbox in list(self._inboxes.items()):
                     engine = self.engines.get(worker_id)
-                    if engine is None:  # no such worker: its messages wait, like a queue
+                    if engine is None:  # not started yet: its messages wait, like a queue
                         continue
                     while inbox:
                         progressed = True

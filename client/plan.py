@@ -41,9 +41,9 @@ from torch.overrides import TorchFunctionMode
 
 from broker import codec, protocol
 from broker.errors import PlanNotBuiltError, TensorsNotCollocatedException
+from broker.meta import Meta
 from broker.ops import wire_name
 from broker.protocol import Slot, bind_slots
-from client.meta import Meta
 from client.pointer import VALUE_READS, PointerTensor, make_pointer, new_id
 
 # ---------------------------------------------------------------------------- tracing

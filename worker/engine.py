@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,11 +31,16 @@ from broker.errors import (
     ObjectNotFoundError,
     TensorsNotCollocatedException,
     UnknownCommandError,
+    UnknownWorkerError,
     error_to_wire,
 )
 from broker.protocol import PointerRecord, Ref
+from broker.settings import get_settings
 from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
+from worker.limits import OpLimits
 from worker.store import ObjectStore
+
+log = logging.getLogger(__name__)
 
 #: (kind, address, body): kind "worker" -> address is a worker id; "reply" -> a reply_to
 Outgoing = tuple[str, str, codec.Body]
@@ -59,12 +65,19 @@ class _StoredFailure(Exception):
         self.error = error
 
 
-class _Forward(Exception):
-    """The op's arguments are pointers to another worker: the op must travel there."""
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a message reached the engine: options of the delivery, not of any command.
 
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location
+    ``first_delivery``: the transport knows this is the message's first delivery straight
+    from a client, so it cannot have been applied before and the replay lookup is skipped.
+    """
+
+    first_delivery: bool = False
+
+
+FIRST_DELIVERY = Delivery(first_delivery=True)
+_REDELIVERY = Delivery()
 
 
 #: command name -> length of the command list, name included
@@ -81,7 +94,9 @@ class Middleware:
     """Hooks around every message, as before/after pairs (dramatiq's middleware shape).
 
     They belong to the engine, not to Celery signals, so an in-process worker has
-    them too. Subclass and override what you need; a hook must not raise.
+    them too. Subclass and override what you need. ``after_message`` hooks run in the
+    reverse order of ``before_message`` hooks; a hook that raises is logged and skipped,
+    never allowed to break the message.
     """
 
     def before_message(self, worker_id: str, commands: int) -> None:
@@ -116,11 +131,20 @@ class Engine:
         store: ObjectStore | None = None,
         allowlist: Allowlist = DEFAULT_ALLOWLIST,
         middleware: Iterable[Middleware] = (),
+        limits: OpLimits | None = None,
+        is_worker: Callable[[str], bool] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.store = store if store is not None else ObjectStore(worker_id)
         self.allowlist = allowlist
         self._allowed = allowlist.table
+        if limits is None:
+            settings = get_settings()
+            limits = OpLimits(worker_id, settings.max_object_bytes, settings.max_op_work)
+        self.limits = limits
+        #: whether a worker id names a worker of the fleet (default: every id does); data and
+        #: work are only ever sent to such workers
+        self.is_worker: Callable[[str], bool] = is_worker or (lambda worker_id: True)
         self.stats = MessageStats()
         self.middleware: list[Middleware] = [self.stats, *middleware]
         self._handlers: dict[str, Callable[..., None]] = {
@@ -147,9 +171,12 @@ class Engine:
         self._upstream_worker: str | None = None
         #: id forwarded to the next hop -> (id of our pointer to it, worker that forwarded to us)
         self._upstream: dict[int, tuple[int, str | None]] = {}
+        #: set while resolving an op's arguments when one names a stored pointer: the op must
+        #: then run where that pointer points (see :meth:`_op`)
+        self._pointer_location: str | None = None
 
     # ------------------------------------------------------------------ message level
-    def handle(self, body: codec.Body) -> HandleResult:
+    def handle(self, body: codec.Body, delivery: Delivery = _REDELIVERY) -> HandleResult:
         """Run one envelope; MalformedMessageError if it is not one.
 
         The cyclic garbage collector is paused while a message runs: its thousands of
@@ -159,29 +186,30 @@ class Engine:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._handle(body)
+            return self._handle(body, delivery)
         finally:
             if collecting:
                 gc.enable()
 
-    def _handle(self, body: codec.Body) -> HandleResult:
+    def _handle(self, body: codec.Body, delivery: Delivery) -> HandleResult:
         message = codec.decode(body)
         batch, sender, reply_to, commands = _validate_envelope(message)
         self._upstream_worker = sender if message.get("forwarded") is True else None
         batch_key = f"{sender}:{batch}"
-        replayed = self.store.replay(batch_key)
-        if replayed is not None:
-            return HandleResult(replayed)
+        if not delivery.first_delivery:
+            replayed = self.store.replay(batch_key)
+            if replayed is not None:
+                return HandleResult(replayed)
         self._replies, self._forwards, self._rejected = [], {}, None
         for middleware in self.middleware:
-            middleware.before_message(self.worker_id, len(commands))
+            _guarded(middleware.before_message, self.worker_id, len(commands))
         started = time.perf_counter()
         for command in commands:
             self._run(command)
         elapsed = time.perf_counter() - started
         errors = sum(1 for reply in self._replies if not reply[1])
-        for middleware in self.middleware:
-            middleware.after_message(self.worker_id, len(commands), elapsed, errors)
+        for middleware in reversed(self.middleware):
+            _guarded(middleware.after_message, self.worker_id, len(commands), elapsed, errors)
         outgoing: list[Outgoing] = []
         for destination, forwarded in self._forwards.items():
             forward_batch = derive_id(batch, f"{self.worker_id}>{destination}:{sender}")
@@ -235,7 +263,13 @@ class Engine:
             # an already-reported failure flowing into later results is not reported twice
             self._replies.append([request, False, wire])
 
+    def _check_destination(self, destination: str) -> None:
+        """Refuse, before anything moves, to send to an id that is not a worker of the fleet."""
+        if destination != self.worker_id and not self.is_worker(destination):
+            raise UnknownWorkerError(destination, self.worker_id)
+
     def _forward(self, destination: str, command: list[Any]) -> None:
+        """Queue ``command`` for ``destination`` (checked with :meth:`_check_destination`)."""
         if destination == self.worker_id:
             self._run(command)  # a pointer to ourselves: no need for a message
         else:
@@ -256,7 +290,8 @@ class Engine:
         if obj is None:
             obj = self._lookup(ref.id)  # raises the stored failure or ObjectNotFoundError
         if type(obj) is PointerRecord:
-            raise _Forward(obj.location)
+            self._pointer_location = obj.location  # the op must travel there: see _op
+            return obj
         if ref.attr is None:
             return obj
         value = getattr(obj, ref.attr)
@@ -342,21 +377,22 @@ class Engine:
             self._rejected = str(error)
             return
         try:
-            try:
-                call_args = [
-                    self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg)
-                    for arg in args
-                ]
-                call_kwargs = self._resolve(kwargs) if kwargs else {}
-            except _Forward as forward:
+            self._pointer_location = None
+            call_args = [
+                self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg) for arg in args
+            ]
+            call_kwargs = self._resolve(kwargs) if kwargs else {}
+            if self._pointer_location is not None:  # an argument is a pointer: forward the op
                 self._forward_op(
-                    name, args, kwargs, result_ids, grad_enabled, request, forward.location
+                    name, args, kwargs, result_ids, grad_enabled, request, self._pointer_location
                 )
                 return
-            if bool(grad_enabled) == torch.is_grad_enabled():
+            grad = bool(grad_enabled)
+            self.limits.check(name, func, call_args, call_kwargs, grad)
+            if grad == torch.is_grad_enabled():
                 result = func(*call_args, **call_kwargs)
             else:
-                with torch.set_grad_enabled(bool(grad_enabled)):
+                with torch.set_grad_enabled(grad):
                     result = func(*call_args, **call_kwargs)
             if len(result_ids) == 1 and isinstance(result, torch.Tensor):
                 self.store.put(result_ids[0], result)  # the common case, kept short
@@ -400,6 +436,7 @@ class Engine:
         request: int | None,
         location: str,
     ) -> None:
+        self._check_destination(location)
         forwarded_args = self._rewrite_for_forward(args, location)
         forwarded_kwargs = self._rewrite_for_forward(kwargs, location) if kwargs else {}
         next_ids = [derive_id(result_id, self.worker_id) for result_id in result_ids]
@@ -417,6 +454,7 @@ class Engine:
                 raise MalformedMessageError("get takes a reference")
             obj = self._lookup(ref.id)
             if isinstance(obj, PointerRecord) and ref.attr is not None:
+                self._check_destination(obj.location)
                 self._forward(
                     obj.location, [protocol.GET, Ref(obj.id_at_location, ref.attr), request]
                 )
@@ -436,7 +474,7 @@ class Engine:
         obj = self.store.discard(obj_id)
         if isinstance(obj, PointerRecord):
             self._upstream.pop(obj.id_at_location, None)
-            if obj.owns:
+            if obj.owns and (obj.location == self.worker_id or self.is_worker(obj.location)):
                 self._forward(obj.location, [protocol.DELETE, obj.id_at_location])
 
     def _forward_failed(self, next_ids: Any, error: Any) -> None:
@@ -462,6 +500,7 @@ class Engine:
                 raise MalformedMessageError(f"cannot set attribute {attr!r}")
             target = self._lookup(ref.id)
             if isinstance(target, PointerRecord):
+                self._check_destination(target.location)
                 self._forward(
                     target.location,
                     [
@@ -484,6 +523,7 @@ class Engine:
     ) -> None:
         try:
             obj = self._lookup(obj_id)
+            self._check_destination(destination)
         except Exception as error:
             self._fail(request, (), error, protocol.SEND_TO)
             return
@@ -497,6 +537,7 @@ class Engine:
                 raise InvalidTensorForRemoteGet(
                     f"the pointer to {self.worker_id}:{obj_id}", self.worker_id
                 )
+            self._check_destination(obj.location)
         except Exception as error:
             self._fail(request, (), error, protocol.REMOTE_GET)
             return
@@ -534,9 +575,21 @@ class Engine:
             plan = self._lookup(plan_id)
             if not isinstance(plan, StoredPlan):
                 raise TypeError(f"object {plan_id} on {self.worker_id} is not a plan")
+            self._pointer_location = None
             inputs = self._resolve(args)
-            with torch.set_grad_enabled(bool(grad_enabled)):
-                outputs = run_plan(plan, inputs)
+            if self._pointer_location is not None:
+                raise RuntimeError(
+                    "a plan runs where its inputs are: send the plan to the worker that holds "
+                    "the data (pointers to pointers cannot be plan inputs)"
+                )
+            grad = bool(grad_enabled)
+            limits = self.limits
+
+            def check(name: str, func: Callable[..., Any], a: list[Any], k: dict[str, Any]) -> None:
+                limits.check(name, func, a, k, grad)
+
+            with torch.set_grad_enabled(grad):
+                outputs = run_plan(plan, inputs, check)
             if plan.mutates_inputs:  # in-place changes must reach the durable copy too
                 for ref in self._refs(args):
                     self.store.touch(ref.id)
@@ -544,17 +597,6 @@ class Engine:
             self._keep_results(
                 "run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0], result_ids, args
             )
-        except _Forward:
-            self._fail(
-                request,
-                result_ids,
-                RuntimeError(
-                    "a plan runs where its inputs are: send the plan to the worker that holds the "
-                    "data (pointers to pointers cannot be plan inputs)"
-                ),
-                command,
-            )
-            return
         except Exception as error:
             self._fail(request, result_ids, error, command)
             return
@@ -579,6 +621,14 @@ class Engine:
 
     def _ping(self, request: int | None) -> None:
         self._reply(request, True)
+
+
+def _guarded(hook: Callable[..., None], *args: Any) -> None:
+    """Run a middleware hook; an error in it is logged, never raised into the engine."""
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("middleware hook %s failed; the message goes on", hook)
 
 
 def _describe(obj: Any) -> list[Any] | None:

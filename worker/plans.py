@@ -203,8 +203,18 @@ def decode_plan(data: Any, allowlist: Allowlist, worker_id: str) -> StoredPlan:
     return StoredPlan(data, name, inputs, list(state), checked, list(outputs))
 
 
-def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
-    """Run ``plan`` on ``inputs`` (tensors); returns its output tensors."""
+#: checks one op before it runs: (wire name, callable, args, kwargs); raises to refuse it
+OpCheck = Callable[[str, Callable[..., Any], list[Any], dict[str, Any]], None]
+
+
+def run_plan(
+    plan: StoredPlan, inputs: list[Any], check: OpCheck | None = None
+) -> list[torch.Tensor]:
+    """Run ``plan`` on ``inputs`` (tensors); returns its output tensors.
+
+    ``check`` sees every op with its bound arguments before it runs (the worker's per-op
+    limits, :mod:`worker.limits`): sizes depend on the inputs, so they are checked per call.
+    """
     if len(inputs) != plan.inputs:
         raise TypeError(
             f"the plan {plan.name} takes {plan.inputs} tensor(s), {len(inputs)} were given"
@@ -221,9 +231,12 @@ def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
             args = list(op.args)
             for position, index in op.flat:
                 args[position] = slots[index]
-            result = op.func(*args, **op.kwargs)
+            kwargs = op.kwargs
         else:
-            result = op.func(*bind_slots(op.args, slots), **bind_slots(op.kwargs, slots))
+            args, kwargs = bind_slots(op.args, slots), bind_slots(op.kwargs, slots)
+        if check is not None:
+            check(op.name, op.func, args, kwargs)
+        result = op.func(*args, **kwargs)
         outs = op.outs
         if not outs:
             continue

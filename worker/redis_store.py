@@ -29,7 +29,7 @@ from redis.connection import Encoder, PythonRespSerializer  # type: ignore[attr-
 from redis.retry import Retry
 
 from broker import codec
-from broker.errors import MalformedMessageError, TensorFleetError
+from broker.errors import MalformedMessageError, StoreUnavailableError
 from broker.protocol import PointerRecord
 from worker import keys
 from worker.store import ObjectStore
@@ -49,14 +49,9 @@ REPLAY_LIMIT = 32 * 1024 * 1024
 Outgoing = tuple[str, str, codec.Body]
 
 
-class StoreUnavailableError(TensorFleetError):
-    """Redis could not be reached or refused a write; the message will be redelivered."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(
-            f"The worker cannot write its objects to Redis at {url}: {reason}. Start Redis "
-            "(or point TENSORFLEET_REDIS_URL at a running one); the message is redelivered."
-        )
+def connect_probe(url: str) -> redis.Redis:
+    """A Redis client that fails at once (no retries, half-second timeouts): for probes."""
+    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
 
 
 def connect(url: str) -> redis.Redis:
@@ -94,7 +89,8 @@ class RedisObjectStore(ObjectStore):
         self.namespace = namespace
         self.part_bytes = part_bytes
         self.batch_ttl = batch_ttl
-        self._url = str(client.connection_pool.connection_kwargs.get("host", "redis"))
+        kwargs = client.connection_pool.connection_kwargs
+        self._url = f"{kwargs.get('host', 'redis')}:{kwargs.get('port', 6379)}"
         self._objects_key = keys.objects(namespace, worker_id)
         self._failures_key = keys.failures(namespace, worker_id)
         #: ids changed since the last commit
@@ -102,12 +98,6 @@ class RedisObjectStore(ObjectStore):
         self._cleared = False
         #: what Redis holds per id: b"o" (objects hash), b"L" (objects hash + parts), b"f"
         self._persisted: dict[int, bytes] = {}
-        #: set by the caller for a message delivered for the first time straight from a
-        #: client: it cannot have been applied before, so :meth:`replay` skips Redis
-        self.first_delivery = False
-        #: when set, :meth:`commit` only remembers what to write, and :meth:`write_pending`
-        #: writes it: the caller publishes a message's outgoing messages in between
-        self.defer_commits = False
         self._tensor_bytes = 0
         self._pending: tuple[str, list[Outgoing]] | None = None
 
@@ -140,8 +130,6 @@ class RedisObjectStore(ObjectStore):
     # -- one message at a time -------------------------------------------------------------
     def replay(self, batch_key: str) -> list[Outgoing] | None:
         """The outgoing messages of ``batch_key`` if it was applied already, else None."""
-        if self.first_delivery:
-            return None
         data = self._call(self.redis.get, keys.batch(self.namespace, self.worker_id, batch_key))
         if data is None:
             return None
@@ -151,21 +139,19 @@ class RedisObjectStore(ObjectStore):
         ]
 
     def commit(self, batch_key: str, outgoing: list[Outgoing]) -> None:
-        """Write what changed and the batch marker in one MULTI/EXEC transaction.
+        """Remember what this message changed, to be written by :meth:`write_pending`.
 
-        A message that changed nothing writes nothing: running it again (after a
-        redelivery) gives the same outgoing messages, so it needs no marker. With
-        :attr:`defer_commits` set, the write waits for :meth:`write_pending`.
+        Nothing is written here: the worker's runtime (:mod:`worker.runtime`) publishes the
+        message's outgoing messages first and then writes the commit, now or from a
+        background thread (:meth:`take_pending`). A message that changed nothing has no
+        commit: running it again (after a redelivery) gives the same outgoing messages, so
+        it needs no marker.
         """
-        if not self._dirty and not self._cleared:
-            return
-        if self.defer_commits:
+        if self._dirty or self._cleared:
             self._pending = (batch_key, outgoing)
-            return
-        self._write(batch_key, outgoing)
 
     def write_pending(self) -> None:
-        """Write the commit :meth:`commit` deferred, if any."""
+        """Write the pending commit, if any, in one MULTI/EXEC transaction."""
         pending, self._pending = self._pending, None
         if pending is not None:
             self._write(*pending)
@@ -293,6 +279,11 @@ class RedisObjectStore(ObjectStore):
             )
             return None
 
+    # -- health ----------------------------------------------------------------------------
+    def ping(self, client: redis.Redis | None = None) -> None:
+        """Raise StoreUnavailableError unless Redis answers (through ``client`` if given)."""
+        self._call((client or self.redis).ping)
+
     # -- start-up --------------------------------------------------------------------------
     def load(self) -> int:
         """Replace the in-memory objects with what Redis holds; returns how many were loaded."""
@@ -341,4 +332,6 @@ class RedisObjectStore(ObjectStore):
         try:
             return function(*args)
         except redis.exceptions.RedisError as error:
-            raise StoreUnavailableError(self._url, f"{type(error).__name__}: {error}") from None
+            raise StoreUnavailableError(
+                self.worker_id, self._url, f"{type(error).__name__}: {error}"
+            ) from None
