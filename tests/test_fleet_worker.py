@@ -380,9 +380,7 @@ def test_a_worker_declares_no_queue_a_client_names(fleet: Any, raw: RawClient) -
     assert raw.call("bob", [[protocol.GET, Ref(obj), 2]])[0].tolist() == [1.0, 1.0]
     connection = pika.BlockingConnection(pika.URLParameters(pika_url(fleet.settings.broker_url)))
     try:
-        for name in [topology.worker_queue(g, fleet.namespace) for g in ghosts] + [
-            "made.up.queue"
-        ]:
+        for name in [topology.worker_queue(g, fleet.namespace) for g in ghosts] + ["made.up.queue"]:
             channel = connection.channel()
             with pytest.raises(pika.exceptions.ChannelClosedByBroker):
                 channel.queue_declare(name, passive=True)
