@@ -234,6 +234,28 @@ class QuotaExceededError(TensorFleetError):
         )
 
 
+class PermissionDeniedError(TensorFleetError):
+    """A command named an object that belongs to another client."""
+
+    def __init__(self, obj_id: int, worker: str, action: str) -> None:
+        super().__init__(
+            f'Object "{obj_id}" on worker "{worker}" belongs to another client, so you cannot '
+            f"{action} it; nothing was changed. Use your own pointers: objects belong to the "
+            "client (RabbitMQ user) whose command created them."
+        )
+
+
+class GetNotPermittedError(TensorFleetError):
+    """A client tried to fetch, move or send a dataset its owner hosts as private."""
+
+    def __init__(self, obj_id: int, worker: str) -> None:
+        super().__init__(
+            f'Object "{obj_id}" on worker "{worker}" is private data that {worker}\'s owner '
+            "hosts: you can compute on it there (ops, training, plans) and fetch the results, "
+            "but never .get(), .move() or .send() the data itself."
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -264,6 +286,8 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         OperationTooLargeError,
         UnboundedOperationError,
         QuotaExceededError,
+        PermissionDeniedError,
+        GetNotPermittedError,
         RemoteExecutionError,
     )
 }

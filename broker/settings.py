@@ -18,6 +18,11 @@ Variables and defaults:
   the most bytes one op's results may take (checked before the op runs).
 - ``TENSORFLEET_MAX_OP_WORK`` = ``1073741824`` (2**30): the most work one op may ask of a
   worker: elements read and written, plus multiply-adds for contractions (matmul, conv).
+- ``TENSORFLEET_CLIENT_QUOTA_BYTES`` = ``17179869184`` (16 GiB): the most tensor bytes one
+  client (one RabbitMQ user) may keep on one worker; a command that would go above it is
+  refused with ``QuotaExceededError``.
+- ``TENSORFLEET_TASK_EVENTS`` = ``1``: workers send Celery task events (Flower's task list,
+  ``celery events``); ``0`` turns them off (worker heartbeats still go out).
 - ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
 - ``TENSORFLEET_FLUSH_INTERVAL`` = ``0.005``: seconds pipelined commands may wait for more
   company before a fleet client sends them anyway (a synchronising call sends at once).
@@ -61,6 +66,8 @@ class Settings:
     max_message_bytes: int = 64 * 1024 * 1024
     max_object_bytes: int = 8 * 1024 * 1024 * 1024
     max_op_work: int = 2**30
+    client_quota_bytes: int = 16 * 1024 * 1024 * 1024
+    task_events: bool = True
     batch_size: int = 1000
     flush_interval: float = 0.005
     torch_threads: int = 1
@@ -101,6 +108,13 @@ class Settings:
             max_op_work=_integer(
                 raw("MAX_OP_WORK"), "MAX_OP_WORK", defaults.max_op_work, minimum=1024
             ),
+            client_quota_bytes=_integer(
+                raw("CLIENT_QUOTA_BYTES"),
+                "CLIENT_QUOTA_BYTES",
+                defaults.client_quota_bytes,
+                minimum=1024,
+            ),
+            task_events=_flag(raw("TASK_EVENTS"), "TASK_EVENTS", defaults.task_events),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
             torch_threads=_integer(
                 raw("TORCH_THREADS"), "TORCH_THREADS", defaults.torch_threads, minimum=1
@@ -169,6 +183,17 @@ def _integer(
         bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ConfigurationError(f"TENSORFLEET_{name}", value, bounds)
     return number
+
+
+def _flag(value: str | None, name: str, default: bool) -> bool:
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"TENSORFLEET_{name}", value, "1 or 0 (true/false, yes/no, on/off)")
 
 
 def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) -> str:

@@ -47,6 +47,7 @@ SAMPLES = {
     "amount": 17179869184,
     "principal": "carol",
     "quota": 1073741824,
+    "action": "delete",
 }
 
 

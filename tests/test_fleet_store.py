@@ -32,6 +32,10 @@ def namespace(client: redis.Redis) -> Iterator[str]:
         client.delete(*found)
 
 
+#: the principal the objects of these tests belong to
+OWNER = "carol"
+
+
 def commit(store: RedisObjectStore, batch_key: str, outgoing: list[Outgoing]) -> None:
     """What the worker's runtime does after publishing: record the commit, then write it."""
     store.commit(batch_key, outgoing)
@@ -48,10 +52,10 @@ def test_objects_survive_a_restart_with_grad_and_requires_grad(
     store = new_store(client, namespace)
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     (weight * 3).sum().backward()
-    store.put(1, weight)
-    store.put(2, torch.arange(4))
-    store.put(3, PointerRecord("alice", 9, True, (2,), "float32", False))
-    store.mark_failed(4, {"type": "RuntimeError", "message": "boom", "command": "op"})
+    store.put(1, weight, OWNER)
+    store.put(2, torch.arange(4), OWNER)
+    store.put(3, PointerRecord("alice", 9, True, (2,), "float32", False), OWNER)
+    store.mark_failed(4, {"type": "RuntimeError", "message": "boom", "command": "op"}, OWNER)
     commit(store, "c:1", [])
 
     restarted = new_store(client, namespace)
@@ -67,7 +71,7 @@ def test_objects_survive_a_restart_with_grad_and_requires_grad(
 def test_in_place_changes_are_written_when_touched(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
     tensor = torch.zeros(3)
-    store.put(1, tensor)
+    store.put(1, tensor, OWNER)
     commit(store, "c:1", [])
     tensor.add_(5)
     store.touch(1)
@@ -81,9 +85,9 @@ def test_created_and_deleted_in_one_message_is_never_written(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace)
-    store.put(1, torch.ones(2))
+    store.put(1, torch.ones(2), OWNER)
     store.pop(1)
-    store.put(2, torch.ones(2))
+    store.put(2, torch.ones(2), OWNER)
     store.discard(2)
     commit(store, "c:1", [])
     assert client.hlen(keys.objects(namespace, "bob")) == 0
@@ -98,8 +102,8 @@ def test_a_message_that_changed_nothing_writes_nothing(client: redis.Redis, name
 
 def test_deleting_a_persisted_object_removes_it(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
-    store.put(1, torch.ones(2))
-    store.mark_failed(2, {"type": "ValueError", "message": "x", "command": "op"})
+    store.put(1, torch.ones(2), OWNER)
+    store.mark_failed(2, {"type": "ValueError", "message": "x", "command": "op"}, OWNER)
     commit(store, "c:1", [])
     store.pop(1)
     store.discard(2)
@@ -112,9 +116,9 @@ def test_a_failure_replaced_by_an_object_loses_its_marker(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace)
-    store.mark_failed(1, {"type": "ValueError", "message": "x", "command": "op"})
+    store.mark_failed(1, {"type": "ValueError", "message": "x", "command": "op"}, OWNER)
     commit(store, "c:1", [])
-    store.put(1, torch.ones(1))
+    store.put(1, torch.ones(1), OWNER)
     commit(store, "c:2", [])
     restarted = new_store(client, namespace)
     restarted.load()
@@ -124,7 +128,7 @@ def test_a_failure_replaced_by_an_object_loses_its_marker(
 def test_large_tensors_are_stored_in_parts(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace, part_bytes=1024)
     big = torch.arange(1000, dtype=torch.float64)  # the header, then 8000 bytes in 8 parts
-    store.put(7, big)
+    store.put(7, big, OWNER)
     commit(store, "c:1", [])
     assert client.llen(keys.tensor_parts(namespace, "bob", 7)) == 1 + 8
     restarted = new_store(client, namespace, part_bytes=1024)
@@ -139,11 +143,11 @@ def test_clear_forgets_everything_then_keeps_new_objects(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace, part_bytes=64)
-    store.put(1, torch.ones(100))
-    store.put(2, torch.ones(1))
+    store.put(1, torch.ones(100), OWNER)
+    store.put(2, torch.ones(1), OWNER)
     commit(store, "c:1", [])
     store.clear()
-    store.put(3, torch.zeros(1))
+    store.put(3, torch.zeros(1), OWNER)
     commit(store, "c:2", [])
     restarted = new_store(client, namespace)
     restarted.load()
@@ -156,7 +160,7 @@ def test_an_applied_batch_replays_its_outgoing_messages(
 ) -> None:
     store = new_store(client, namespace)
     outgoing: list[Outgoing] = [("reply", "q", b"reply-bytes"), ("worker", "alice", b"forward")]
-    store.put(1, torch.ones(1))
+    store.put(1, torch.ones(1), OWNER)
     commit(store, "c:1", outgoing)
     restarted = new_store(client, namespace)
     assert restarted.replay("c:1") == outgoing
@@ -165,7 +169,7 @@ def test_an_applied_batch_replays_its_outgoing_messages(
 
 def test_a_commit_is_written_by_write_pending(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
-    store.put(1, torch.ones(1))
+    store.put(1, torch.ones(1), OWNER)
     store.commit("c:1", [("reply", "q", codec.encode([1, torch.ones(300_000)]))])
     assert new_store(client, namespace).load() == 0  # published first, written after
     store.write_pending()
@@ -174,7 +178,7 @@ def test_a_commit_is_written_by_write_pending(client: redis.Redis, namespace: st
     replayed = restarted.replay("c:1")
     assert replayed is not None
     assert torch.equal(codec.decode(replayed[0][2])[1], torch.ones(300_000))
-    store.put(2, torch.ones(1))
+    store.put(2, torch.ones(1), OWNER)
     store.commit("c:2", [])
     assert store.discard_pending()
     store.write_pending()

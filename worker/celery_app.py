@@ -62,7 +62,13 @@ def make_app(settings: Settings) -> Celery:
         worker_concurrency=1,
         worker_consumer="worker.gate:FleetConsumer",
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=False,
+        # Celery's control and event traffic stays inside the namespace: other apps'
+        # broadcasts on the broker-wide "celery.pidbox" never reach a fleet's workers, and
+        # `celery -A worker.celery_app inspect ...` and Flower (-A worker.celery_app) talk
+        # to exactly the workers of TENSORFLEET_NAMESPACE
+        control_exchange=topology.control_exchange_prefix(settings.namespace),
+        event_exchange=topology.event_exchange(settings.namespace),
+        worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
     )
     return app
@@ -146,5 +152,6 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
         forwarded=bool(getattr(request, FORWARD_HEADER, False)),
         redelivered=bool((request.delivery_info or {}).get("redelivered", True)),
         headers={key: value for key, value in vars(request).items() if key.startswith("x-")},
+        user_id=(getattr(request, "properties", None) or {}).get("user_id") or None,
     )
     return get_runtime().run(body, arrival)

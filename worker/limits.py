@@ -105,8 +105,8 @@ class OpLimits:
         args: list[Any],
         kwargs: dict[str, Any],
         grad: bool,
-    ) -> None:
-        """Raise if ``func(*args, **kwargs)`` would exceed a limit; return quietly otherwise."""
+    ) -> int:
+        """Raise if ``func(*args, **kwargs)`` would exceed a limit; else its result bytes."""
         inputs = list(_tensors(args))
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
@@ -115,13 +115,13 @@ class OpLimits:
         if inferred is None:
             failure = meta_failure(func, tuple(args), kwargs, _meta_of, grad)
             if failure is None or not is_data_dependent(failure):
-                return  # a bad call: the op itself raises its real error, before allocating
+                return 0  # a bad call: the op itself raises its real error, before allocating
             if name not in INPUT_BOUNDED:
                 raise UnboundedOperationError(name, self.worker_id)
             bound = sum(tensor.numel() * max(tensor.dim(), 1) for tensor in inputs)
             self._check_work(name, input_elements + bound)
             self._check_bytes(name, bound * 8)
-            return
+            return bound * 8
         output_elements = 0
         output_bytes = 0
         for shape, dtype, _ in inferred.outputs:
@@ -136,6 +136,7 @@ class OpLimits:
         if contraction is not None:
             work += output_elements * _contracted_size(contraction, args, inputs)
         self._check_work(name, work)
+        return output_bytes
 
     def _check_bytes(self, name: str, size: int) -> None:
         if size > self.max_result_bytes:

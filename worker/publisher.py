@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -62,6 +63,9 @@ class Publisher:
         self.dead_letter_queue = Queue(
             topology.dead_letter_queue(self.namespace), self.dead_letter_exchange, durable=True
         )
+        #: every message carries the AMQP user_id, which RabbitMQ checks against the
+        #: connection: receivers know a worker sent it
+        self.user_id = broker_user(settings.broker_url)
         self._existing: set[str] = {self.queue}
         self._missing: dict[str, float] = {}
         #: replies that could not be delivered (no such reply queue), for operators
@@ -127,6 +131,7 @@ class Publisher:
                             routing_key=address,
                             headers=headers,
                             delivery_mode=TRANSIENT,
+                            user_id=self.user_id,
                             retry=True,
                             retry_policy=RETRY_POLICY,
                             **message_properties(),
@@ -146,6 +151,7 @@ class Publisher:
                 headers=headers,
                 correlation_id=task_id,
                 delivery_mode=PERSISTENT,
+                user_id=self.user_id,
                 retry=True,
                 retry_policy=RETRY_POLICY,
                 **message_properties(),
@@ -184,6 +190,7 @@ class Publisher:
                 content_type=content_type or "application/octet-stream",
                 content_encoding=content_encoding or "binary",
                 delivery_mode=PERSISTENT,
+                user_id=self.user_id,
                 declare=[self.dead_letter_queue],
                 retry=True,
                 retry_policy=RETRY_POLICY,
@@ -199,6 +206,12 @@ class Publisher:
         headers, payload = task_message(bytes(envelope), new_task_id(), self.worker_id)
         headers.update({k: v for k, v in sender_headers.items() if k.startswith("x-")})
         self.dead_letter(payload, reason, headers=headers, **message_properties())
+
+
+def broker_user(url: str) -> str:
+    """The RabbitMQ user name in a broker URL (``guest`` when it names none, as kombu does)."""
+    username = urlsplit(url).username
+    return unquote(username) if username else "guest"
 
 
 def _close_quietly(channel: Any) -> None:

@@ -34,6 +34,9 @@ from broker.protocol import PointerRecord
 from worker import keys
 from worker.store import ObjectStore
 
+#: the owner of an object persisted before objects had owners
+UNOWNED = "@unowned"
+
 log = logging.getLogger(__name__)
 
 _TENSOR = b"T"
@@ -93,6 +96,7 @@ class RedisObjectStore(ObjectStore):
         self._url = f"{kwargs.get('host', 'redis')}:{kwargs.get('port', 6379)}"
         self._objects_key = keys.objects(namespace, worker_id)
         self._failures_key = keys.failures(namespace, worker_id)
+        self._owners_key = keys.owners(namespace, worker_id)
         #: ids changed since the last commit
         self._dirty: set[int] = set()
         self._cleared = False
@@ -102,8 +106,8 @@ class RedisObjectStore(ObjectStore):
         self._pending: tuple[str, list[Outgoing]] | None = None
 
     # -- mutations: note the id, then do what the in-memory store does --------------------
-    def put(self, obj_id: int, obj: Any) -> None:
-        super().put(obj_id, obj)
+    def put(self, obj_id: int, obj: Any, owner: str) -> None:
+        super().put(obj_id, obj, owner)
         self._dirty.add(obj_id)
 
     def pop(self, obj_id: int) -> Any:
@@ -116,13 +120,17 @@ class RedisObjectStore(ObjectStore):
         return super().discard(obj_id)
 
     def touch(self, obj_id: int) -> None:
+        super().touch(obj_id)
         self._dirty.add(obj_id)
 
-    def mark_failed(self, obj_id: int, error: dict[str, str]) -> None:
-        super().mark_failed(obj_id, error)
+    def mark_failed(self, obj_id: int, error: dict[str, str], owner: str) -> None:
+        super().mark_failed(obj_id, error, owner)
         self._dirty.add(obj_id)
 
-    def clear(self) -> None:
+    def clear(self, owner: str | None = None) -> None:
+        if owner is not None:
+            super().clear(owner)  # discards one by one: each id is written through
+            return
         super().clear()
         self._dirty.clear()
         self._cleared = True
@@ -188,6 +196,7 @@ class RedisObjectStore(ObjectStore):
             pipe.delete(
                 self._objects_key,
                 self._failures_key,
+                self._owners_key,
                 *(
                     keys.tensor_parts(self.namespace, self.worker_id, obj_id)
                     for obj_id, kind in persisted.items()
@@ -197,10 +206,17 @@ class RedisObjectStore(ObjectStore):
             persisted.clear()
         records: dict[str, bytes] = {}
         failures: dict[str, bytes] = {}
+        owners: dict[str, str] = {}
         drop_records: list[str] = []
         drop_failures: list[str] = []
+        drop_owners: list[str] = []
         for obj_id in self._dirty:
             field = str(obj_id)
+            owner = self.owners.get(obj_id)
+            if owner is None:
+                drop_owners.append(field)
+            else:
+                owners[field] = owner
             before = persisted.get(obj_id)
             if before == _LARGE:
                 pipe.delete(keys.tensor_parts(self.namespace, self.worker_id, obj_id))
@@ -231,6 +247,10 @@ class RedisObjectStore(ObjectStore):
             pipe.hdel(self._objects_key, *drop_records)
         if drop_failures:
             pipe.hdel(self._failures_key, *drop_failures)
+        if owners:
+            pipe.hset(self._owners_key, mapping=owners)  # type: ignore[arg-type]
+        if drop_owners:
+            pipe.hdel(self._owners_key, *drop_owners)
         marker = outgoing if sum(len(body) for _, _, body in outgoing) <= REPLAY_LIMIT else []
         pipe.set(
             keys.batch(self.namespace, self.worker_id, batch_key),
@@ -287,11 +307,14 @@ class RedisObjectStore(ObjectStore):
     # -- start-up --------------------------------------------------------------------------
     def load(self) -> int:
         """Replace the in-memory objects with what Redis holds; returns how many were loaded."""
-        self.objects.clear()
-        self.failures.clear()
+        ObjectStore.clear(self)
         self._persisted.clear()
         self._dirty.clear()
         self._cleared = False
+        owners = {
+            int(field): owner.decode(errors="replace")
+            for field, owner in self._call(self.redis.hgetall, self._owners_key).items()
+        }
         records = self._call(self.redis.hgetall, self._objects_key)
         for field, record in records.items():
             obj_id = int(field)
@@ -302,10 +325,11 @@ class RedisObjectStore(ObjectStore):
                     "object %s of %s cannot be loaded (%s); skipped", obj_id, self.worker_id, error
                 )
                 continue
-            self.objects[obj_id] = obj
+            ObjectStore.put(self, obj_id, obj, owners.get(obj_id, UNOWNED))
             self._persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
         for field, data in self._call(self.redis.hgetall, self._failures_key).items():
             self.failures[int(field)] = msgpack.unpackb(data, raw=False)
+            self.owners[int(field)] = owners.get(int(field), UNOWNED)
             self._persisted[int(field)] = b"f"
         return len(self.objects)
 

@@ -58,9 +58,10 @@ from broker.errors import (
     error_to_wire,
 )
 from broker.settings import Settings
-from worker.engine import FIRST_DELIVERY, Delivery, Engine
+from worker.access import ANONYMOUS
+from worker.engine import Delivery, Engine
 from worker.limits import OpLimits
-from worker.publisher import Publisher
+from worker.publisher import Publisher, broker_user
 from worker.redis_store import RedisObjectStore, connect, connect_probe
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class Arrival:
     redelivered: bool
     #: the sender's message headers (its ``x-`` headers are kept when dead-lettering)
     headers: dict[str, Any]
+    #: the AMQP ``user_id`` property: the RabbitMQ user that published it (RabbitMQ checks
+    #: it against the connection), None if the publisher did not set it
+    user_id: str | None = None
 
 
 class Runtime:
@@ -108,11 +112,16 @@ class Runtime:
             batch_ttl=settings.batch_ttl,
         )
         self.publisher = Publisher(app, worker_id, settings)
+        #: the RabbitMQ user this worker connects as: in fleets where every party shares one
+        #: account (the default guest), forwards from that account are believed too
+        self.broker_user = broker_user(settings.broker_url)
         self.engine = Engine(
             worker_id,
             self.store,
             limits=OpLimits(worker_id, settings.max_object_bytes, settings.max_op_work),
             is_worker=self.publisher.worker_exists,
+            quota=settings.client_quota_bytes,
+            trusts_forwarder=self.trusts_forwarder,
         )
         #: chunked messages still arriving, each copied into one buffer part by part, in
         #: memory only: a worker that dies mid-transfer loses the parts it acknowledged, the
@@ -156,11 +165,10 @@ class Runtime:
                 envelope = whole  # writable: big tensors are decoded without a copy
             if self._write is not None and not _non_mutating(envelope):
                 self.wait_for_write()  # nothing may change the tensors being written
-            delivery = (
-                FIRST_DELIVERY
-                if arrival.direct
-                and not (arrival.forwarded or arrival.chunk is not None or arrival.redelivered)
-                else Delivery()
+            delivery = Delivery(
+                principal=arrival.user_id or ANONYMOUS,
+                first_delivery=arrival.direct
+                and not (arrival.forwarded or arrival.chunk is not None or arrival.redelivered),
             )
             try:
                 result = self.engine.handle(envelope, delivery)
@@ -190,6 +198,12 @@ class Runtime:
         if arrival.direct:
             return None
         return bytes(codec.encode_inline(protocol.reply_envelope(result.replies)))
+
+    def trusts_forwarder(self, principal: str, sender: str) -> bool:
+        """Whether RabbitMQ user ``principal`` is worker ``sender`` (or the shared account)."""
+        return principal == self.broker_user or principal == topology.worker_user(
+            sender, self.settings.namespace
+        )
 
     # ------------------------------------------------------------------ durability
     def _commit(self) -> None:
