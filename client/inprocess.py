@@ -13,6 +13,7 @@ from collections import deque
 
 from broker.codec import Body
 from broker.errors import MalformedMessageError
+from broker.settings import get_settings
 from broker.topology import worker_user
 from worker.engine import Delivery, Engine
 
@@ -37,6 +38,7 @@ class Hub:
             engine = self.engines[worker_id] = Engine(
                 worker_id,
                 is_worker=self.engines.__contains__,
+                quota=get_settings().client_quota_bytes,
                 trusts_forwarder=lambda principal, sender: principal == worker_user(sender),
             )
         return engine
