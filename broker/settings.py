@@ -23,6 +23,8 @@ Variables and defaults:
   refused with ``QuotaExceededError``.
 - ``TENSORFLEET_TASK_EVENTS`` = ``1``: workers send Celery task events (Flower's task list,
   ``celery events``); ``0`` turns them off (worker heartbeats still go out).
+- ``TENSORFLEET_METRICS_PORT`` = ``0``: a fleet worker serves Prometheus metrics on this port
+  (``0``: no metrics); see worker/metrics.py. ``tensorfleet up`` gives each worker its own.
 - ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
 - ``TENSORFLEET_FLUSH_INTERVAL`` = ``0.005``: seconds pipelined commands may wait for more
   company before a fleet client sends them anyway (a synchronising call sends at once).
@@ -68,6 +70,7 @@ class Settings:
     max_op_work: int = 2**30
     client_quota_bytes: int = 16 * 1024 * 1024 * 1024
     task_events: bool = True
+    metrics_port: int = 0
     batch_size: int = 1000
     flush_interval: float = 0.005
     torch_threads: int = 1
@@ -115,6 +118,9 @@ class Settings:
                 minimum=1024,
             ),
             task_events=_flag(raw("TASK_EVENTS"), "TASK_EVENTS", defaults.task_events),
+            metrics_port=_integer(
+                raw("METRICS_PORT"), "METRICS_PORT", defaults.metrics_port, minimum=0, maximum=65535
+            ),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
             torch_threads=_integer(
                 raw("TORCH_THREADS"), "TORCH_THREADS", defaults.torch_threads, minimum=1

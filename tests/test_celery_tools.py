@@ -128,3 +128,92 @@ def test_flower_shows_every_worker_and_the_tasks_they_ran(
         time.sleep(0.5)
     assert any(t.get("worker", "").startswith(f"bob.{fleet.namespace}") for t in done)
     x.get()
+
+
+def tensorfleet_cli(fleet: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**fleet.env, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def test_tensorfleet_status_reports_every_worker_its_objects_and_queue(
+    fleet: Any, hook: Any
+) -> None:
+    bob = sy.FleetWorker(hook, id="bob")
+    held = torch.zeros(256).send(bob)  # 1 KiB on bob
+    bob.synchronize()
+    done = tensorfleet_cli(fleet, "status", "--json", "--workers", "bob,nobody")
+    assert done.returncode == 0, done.stderr
+    rows = {row["worker"]: row for row in json.loads(done.stdout)}
+    assert set(fleet.worker_ids) <= set(rows)
+    assert rows["bob"]["up"] and rows["bob"]["queue_consumers"] == 1
+    assert rows["bob"]["objects"] >= 1 and rows["bob"]["bytes"] >= 1024
+    assert any(entry["bytes"] >= 1024 for entry in rows["bob"]["clients"].values())
+    assert rows["nobody"]["up"] is False and rows["nobody"]["queue_messages"] is None
+    table = tensorfleet_cli(fleet, "status")
+    assert table.returncode == 0 and "bob" in table.stdout and "client" in table.stdout
+    held.get()
+
+
+def test_tensorfleet_dead_letters_lists_refused_messages_with_their_reason(fleet: Any) -> None:
+    import pika
+
+    from broker import topology
+    from broker.amqp import pika_url
+
+    connection = pika.BlockingConnection(pika.URLParameters(pika_url(fleet.settings.broker_url)))
+    queue = topology.worker_queue("alice", fleet.namespace)
+    connection.channel().basic_publish(
+        queue,
+        queue,
+        b"\x80\x04pickle",
+        pika.BasicProperties(content_type="application/x-python-serialize"),
+    )
+    connection.close()
+    deadline = time.monotonic() + 60
+    while True:  # the refusal is asynchronous: look until it is there (bounded)
+        done = tensorfleet_cli(fleet, "dead-letters", "--json")
+        assert done.returncode == 0, done.stderr
+        entries = json.loads(done.stdout)
+        if any("pickle" in entry["reason"] for entry in entries):
+            break
+        assert time.monotonic() < deadline, entries
+    assert all(entry["origin"].startswith(fleet.namespace) for entry in entries)
+    again = tensorfleet_cli(fleet, "dead-letters", "--json")  # listing keeps them
+    assert len(json.loads(again.stdout)) >= len(entries)
+
+
+@pytest.fixture(scope="module")
+def metrics_worker() -> Iterator[tuple[Any, int]]:
+    import fleet_fixture
+
+    port = _free_port()
+    with fleet_fixture.fleet(("bob",), env={"TENSORFLEET_METRICS_PORT": str(port)}) as running:
+        yield running, port
+
+
+def test_a_worker_serves_prometheus_metrics(metrics_worker: tuple[Any, int], hook: Any) -> None:
+    _, port = metrics_worker
+    bob = sy.FleetWorker(hook, id="bob")
+    x = torch.ones(1000).send(bob)
+    assert float((x * 2).sum().get()) == 2000.0
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    for name in (
+        "tensorfleet_messages_total",
+        'tensorfleet_commands_total{command="op",worker="bob"}',
+        "tensorfleet_objects",
+        "tensorfleet_object_bytes",
+        "tensorfleet_store_up",
+        "tensorfleet_message_seconds_bucket",
+        "tensorfleet_redis_write_seconds_count",
+    ):
+        assert name in text, name
+    objects = [line for line in text.splitlines() if line.startswith("tensorfleet_objects{")]
+    assert objects and float(objects[0].split()[-1]) >= 1
+    x.get()

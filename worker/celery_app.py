@@ -35,6 +35,7 @@ from broker import topology
 from broker.amqp import FORWARD_HEADER, TASK_NAME
 from broker.errors import ConfigurationError
 from broker.settings import Settings, get_settings
+from worker import control  # noqa: F401  (registers the tensorfleet_status inspect command)
 from worker import runtime as runtime_module
 from worker.gate import refuse_compressed_bodies
 from worker.runtime import Arrival, Runtime
@@ -130,7 +131,11 @@ def _on_worker_setup(sender: Any = None, instance: Any = None, **_: Any) -> None
     # makes several workers on one machine contend (a FedAvg round went from 0.3 s to 5-18 s)
     torch.set_num_threads(settings.torch_threads)
     refuse_compressed_bodies()
-    runtime_module.start(app, worker_id, settings)
+    runtime = runtime_module.start(app, worker_id, settings)
+    if settings.metrics_port:
+        from worker.metrics import serve
+
+        serve(runtime, settings.metrics_port)
 
 
 @app.task(

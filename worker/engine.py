@@ -118,6 +118,8 @@ class MessageStats(Middleware):
         self.commands = 0
         self.errors = 0
         self.seconds = 0.0
+        #: command name -> how many ran (the engine counts them as it dispatches)
+        self.by_command: dict[str, int] = {}
 
     def after_message(self, worker_id: str, commands: int, seconds: float, errors: int) -> None:
         self.messages += 1
@@ -279,6 +281,8 @@ class Engine:
             self._fail(request, (), error, name)
             self._rejected = str(error)
             return
+        by_command = self.stats.by_command
+        by_command[name] = by_command.get(name, 0) + 1
         handler(*command[1:])
 
     def _reply(self, request: int | None, payload: Any) -> None:

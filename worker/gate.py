@@ -40,6 +40,20 @@ HEADROOM = 1024 * 1024
 ACK_POLL = 0.01
 
 
+#: why messages are refused, as operators count them (metrics, `tensorfleet status`)
+REFUSAL_KINDS = (
+    "content_type",  # not msgpack (pickle, JSON...)
+    "too_large",  # above TENSORFLEET_MAX_MESSAGE_BYTES (+ headroom) or a reassembly limit
+    "bad_payload",  # not a [args, kwargs, embed] task payload of one envelope
+    "not_a_task",  # no Celery task header
+    "unknown_task",  # a task other than tensorfleet.execute
+    "invalid_task",  # a task message Celery cannot read
+    "undecodable",  # kombu could not decode it (a compressed body, bad encoding)
+    "malformed",  # not a valid TensorFleet envelope
+    "refused_command",  # an unknown command, a forbidden op, a refused plan
+)
+
+
 class CompressedBodyRefused(Exception):
     """A message came with a ``compression`` header: refused before inflating it."""
 
@@ -58,24 +72,26 @@ def refuse_compressed_bodies() -> None:
         kombu.compression.register(encoder, _refuse_compressed, content_type)
 
 
-def refusal(message: Any, limit: int) -> str | None:
-    """Why a message for ``tensorfleet.execute`` must be refused, or None to run it."""
+def refusal(message: Any, limit: int) -> tuple[str, str] | None:
+    """(kind, reason) a message for ``tensorfleet.execute`` must be refused for, or None."""
     content_type = message.content_type or ""
     if content_type != codec.CONTENT_TYPE:
-        return (
+        return "content_type", (
             f"content type {content_type!r} refused: TensorFleet accepts only "
             f"{codec.CONTENT_TYPE} (never pickle)"
         )
     size = len(message.body)
     if size > limit:
-        return (
+        return "too_large", (
             f"message of {size} bytes is above TENSORFLEET_MAX_MESSAGE_BYTES + headroom "
             f"({limit}); big bodies must be sent in chunks"
         )
     try:  # kombu caches the decoded payload: Celery's own strategy reuses it
         args, kwargs, _embed = message.payload
     except Exception as error:
-        return f"body is not a msgpack [args, kwargs, embed] task payload ({type(error).__name__})"
+        return "bad_payload", (
+            f"body is not a msgpack [args, kwargs, embed] task payload ({type(error).__name__})"
+        )
     if (
         not isinstance(args, list)
         or len(args) != 1
@@ -83,17 +99,21 @@ def refusal(message: Any, limit: int) -> str | None:
         or not isinstance(kwargs, dict)
         or set(kwargs) - {"chunk"}
     ):
-        return "task arguments must be [envelope bytes] with at most a 'chunk' keyword"
+        return (
+            "bad_payload",
+            "task arguments must be [envelope bytes] with at most a 'chunk' keyword",
+        )
     return None
 
 
-def refuse(message: Any, reason: str) -> None:
+def refuse(message: Any, kind: str, reason: str) -> None:
     """Dead-letter ``message`` as it arrived, with ``reason``, and acknowledge it."""
     runtime = runtime_module.current()
     if runtime is not None:
         runtime.publisher.dead_letter(
             message.body,
             reason,
+            kind=kind,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             headers=message.headers,
@@ -107,9 +127,9 @@ def fleet_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     limit = get_settings().max_message_bytes + HEADROOM
 
     def handle(message: Any, *args: Any, **options: Any) -> Any:
-        reason = refusal(message, limit)
-        if reason is not None:
-            refuse(message, reason)
+        refused = refusal(message, limit)
+        if refused is not None:
+            refuse(message, *refused)
             return None
         return handler(message, *args, **options)
 
@@ -151,14 +171,16 @@ class FleetConsumer(Consumer):
         runtime.call_repeatedly = hub.call_repeatedly
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        refuse(message, "not a Celery task message (no 'task' header)")
+        refuse(message, "not_a_task", "not a Celery task message (no 'task' header)")
 
     def on_unknown_task(self, body: Any, message: Any, exc: Any) -> None:
         name = (message.headers or {}).get("task")
-        refuse(message, f"unknown task {name!r}: worker queues run only {TASK_NAME}")
+        refuse(
+            message, "unknown_task", f"unknown task {name!r}: worker queues run only {TASK_NAME}"
+        )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Any) -> None:
-        refuse(message, f"invalid task message ({exc})")
+        refuse(message, "invalid_task", f"invalid task message ({exc})")
 
     def on_decode_error(self, message: Any, exc: Any) -> None:
-        refuse(message, f"message body cannot be decoded ({exc})")
+        refuse(message, "undecodable", f"message body cannot be decoded ({exc})")

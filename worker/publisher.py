@@ -70,6 +70,8 @@ class Publisher:
         self._missing: dict[str, float] = {}
         #: replies that could not be delivered (no such reply queue), for operators
         self.dropped_replies = 0
+        #: refusal kind (worker.gate.REFUSAL_KINDS) -> how many messages were dead-lettered
+        self.refusals: dict[str, int] = {}
 
     # ------------------------------------------------------------------ existence
     def worker_exists(self, worker_id: str) -> bool:
@@ -168,6 +170,7 @@ class Publisher:
         body: bytes | memoryview,
         reason: str,
         *,
+        kind: str = "refused",
         content_type: str | None = None,
         content_encoding: str | None = None,
         headers: dict[str, Any] | None = None,
@@ -180,6 +183,7 @@ class Publisher:
         }
         kept[topology.REASON_HEADER] = reason
         kept[topology.ORIGIN_HEADER] = self.queue
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
         log.warning("dead-lettering a message from %s: %s", self.queue, reason)
         with self.app.producer_or_acquire() as producer:
             producer.publish(
@@ -197,7 +201,11 @@ class Publisher:
             )
 
     def dead_letter_envelope(
-        self, envelope: bytes | memoryview, reason: str, sender_headers: dict[str, Any]
+        self,
+        envelope: bytes | memoryview,
+        reason: str,
+        sender_headers: dict[str, Any],
+        kind: str = "malformed",
     ) -> None:
         """Dead-letter an envelope that arrived inside a valid task message.
 
@@ -205,7 +213,7 @@ class Publisher:
         """
         headers, payload = task_message(bytes(envelope), new_task_id(), self.worker_id)
         headers.update({k: v for k, v in sender_headers.items() if k.startswith("x-")})
-        self.dead_letter(payload, reason, headers=headers, **message_properties())
+        self.dead_letter(payload, reason, kind=kind, headers=headers, **message_properties())
 
 
 def broker_user(url: str) -> str:

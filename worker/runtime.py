@@ -41,6 +41,7 @@ when Redis answers it reloads and consumes again. Nothing acknowledged is lost.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,6 +133,9 @@ class Runtime:
         self.stale = True
         #: Redis is unreachable: consuming is paused until a probe succeeds
         self.store_down = False
+        self.started = time.monotonic()
+        #: called with the seconds each Redis write took (worker.metrics)
+        self.on_write: Callable[[float], None] = lambda seconds: None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tensorfleet-redis")
         self._write: Future[None] | None = None
         #: acknowledgements (callables) held back until the background write is done
@@ -186,14 +190,18 @@ class Runtime:
                 raise Reject(f"publishing failed: {error}", requeue=True) from None
             self._commit()
             if result.rejected is not None:
-                self.publisher.dead_letter_envelope(envelope, result.rejected, arrival.headers)
+                self.publisher.dead_letter_envelope(
+                    envelope, result.rejected, arrival.headers, kind="refused_command"
+                )
         except StoreUnavailableError as error:
             self.store.discard_pending()
             self.stale = True
             self._store_lost(error, envelope)
             raise Reject(str(error), requeue=True) from None
         except MessageTooLargeError as error:
-            self.publisher.dead_letter_envelope(envelope, str(error), arrival.headers)
+            self.publisher.dead_letter_envelope(
+                envelope, str(error), arrival.headers, kind="too_large"
+            )
             return None
         if arrival.direct:
             return None
@@ -220,10 +228,16 @@ class Runtime:
             return
         self.wait_for_write()
         write, size = job
-        if size < BACKGROUND_WRITE_BYTES:
+
+        def timed_write() -> None:
+            started = time.perf_counter()
             write()
+            self.on_write(time.perf_counter() - started)
+
+        if size < BACKGROUND_WRITE_BYTES:
+            timed_write()
             return
-        self._write = self._writer.submit(write)
+        self._write = self._writer.submit(timed_write)
 
     def hold_ack(self, ack: Callable[[], None], requeue: Callable[[], None]) -> bool:
         """Hold an acknowledgement until the background write is done; False if none runs."""
@@ -305,6 +319,34 @@ class Runtime:
             )
         except Exception:  # the notice is a courtesy: the requeue is what keeps the data safe
             log.debug("could not notify the sender of a message put back", exc_info=True)
+
+    # ------------------------------------------------------------------ for operators
+    def status(self) -> dict[str, Any]:
+        """What ``tensorfleet status`` and the metrics show of this worker, right now."""
+        store, stats = self.store, self.engine.stats
+        clients: dict[str, dict[str, int]] = {}
+        for obj_id in store.objects:
+            owner = store.owners.get(obj_id, "?")
+            entry = clients.setdefault(owner, {"objects": 0, "bytes": 0})
+            entry["objects"] += 1
+        for owner, size in store.usage.items():
+            clients.setdefault(owner, {"objects": 0, "bytes": 0})["bytes"] = size
+        return {
+            "worker": self.worker_id,
+            "namespace": self.settings.namespace,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "store_up": not self.store_down,
+            "objects": len(store.objects),
+            "bytes": sum(store.usage.values()),
+            "clients": clients,
+            "messages": stats.messages,
+            "commands": stats.commands,
+            "errors": stats.errors,
+            "busy_s": round(stats.seconds, 6),
+            "commands_by_kind": dict(stats.by_command),
+            "refusals": dict(self.publisher.refusals),
+            "dropped_replies": self.publisher.dropped_replies,
+        }
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> int:
