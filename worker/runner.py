@@ -57,13 +57,20 @@ def run_worker(worker_id: str, loglevel: str = "INFO") -> None:
 
 
 def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
-    """Run one worker process per id; SIGTERM/Ctrl-C (or one dying) stops all. Exit status."""
-    namespace = get_settings().namespace
+    """Run one worker process per id; SIGTERM/Ctrl-C (or one dying) stops all. Exit status.
+
+    With TENSORFLEET_METRICS_PORT set, the workers serve metrics on that port and the
+    ones after it, in the order given.
+    """
+    settings = get_settings()
     for worker_id in worker_ids:
-        topology.worker_queue(worker_id, namespace)
-    processes = [
-        start_worker_process(worker_id, loglevel=loglevel, quiet=False) for worker_id in worker_ids
-    ]
+        topology.worker_queue(worker_id, settings.namespace)
+    processes = []
+    for number, worker_id in enumerate(worker_ids):
+        env = None
+        if settings.metrics_port:  # one port each: TENSORFLEET_METRICS_PORT, +1, +2, ...
+            env = {**os.environ, "TENSORFLEET_METRICS_PORT": str(settings.metrics_port + number)}
+        processes.append(start_worker_process(worker_id, env, loglevel=loglevel, quiet=False))
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
