@@ -148,13 +148,24 @@ def meta_failure(
 ) -> Exception | None:
     """Why ``func`` cannot run on meta tensors for these arguments (None if it can)."""
     try:
-        meta_args = _to_meta(args, meta_of)
-        meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
-        with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
-            func(*meta_args, **meta_kwargs)
+        _call_on_meta(func, args, kwargs, meta_of, grad)
     except Exception as error:
         return error
     return None
+
+
+def _call_on_meta(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    meta_of: Callable[[Any], Meta | None],
+    grad: bool,
+) -> Any:
+    """``func`` called with every tensor argument replaced by a meta tensor of its Meta."""
+    meta_args = _to_meta(args, meta_of)
+    meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
+    with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
+        return func(*meta_args, **meta_kwargs)
 
 
 def is_data_dependent(error: Exception) -> bool:
@@ -170,10 +181,7 @@ def _run_on_meta(
     grad: bool,
 ) -> Inferred | None:
     try:
-        meta_args = _to_meta(args, meta_of)
-        meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
-        with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
-            result = func(*meta_args, **meta_kwargs)
+        result = _call_on_meta(func, args, kwargs, meta_of, grad)
     except Exception:  # meta kernels are missing or the call is invalid: the worker will tell
         return None
     if result is None:
