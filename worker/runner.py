@@ -37,8 +37,9 @@ def worker_argv(worker_id: str, namespace: str, loglevel: str = "INFO") -> list[
         f"{worker_id}.{namespace}@%h",
         "--loglevel",
         loglevel,
-        # gossip and mingle only add start-up delay and broadcast traffic to a solo
-        # worker that shares nothing with its peers; heartbeats stay on (floors.md).
+        # gossip and mingle only add start-up delay and broadcast traffic to a solo worker
+        # that shares nothing with its peers; heartbeats stay on (without them a solo
+        # worker was seen to stall on a backlog).
         "--without-gossip",
         "--without-mingle",
     ]
