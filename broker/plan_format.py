@@ -101,32 +101,38 @@ def parse_plan(data: Any) -> ParsedPlan:
     defined = inputs + len(state)
     parsed: list[ParsedOp] = []
     for position, op in enumerate(ops):
-        where = f"op {position}"
-        if not isinstance(op, list) or len(op) != 4:
-            raise malformed(f"{where} is not [name, args, kwargs, outs]")
-        op_name, args, kwargs, outs = op
-        if not isinstance(op_name, str):
-            raise malformed(f"{where} has no name")
-        where = f"op {position} ({op_name})"
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise malformed(f"{where}: args must be a list and kwargs a map")
-        _check_value(args, defined, where)
-        _check_value(kwargs, defined, where)
-        if not isinstance(outs, list):
-            raise malformed(f"{where}: outs must be a list")
-        for out in outs:
-            if out is None:
-                continue
-            if type(out) is not int or out != defined:
-                raise malformed(f"{where} writes slot {out!r}; the next free slot is {defined}")
-            defined += 1
-        parsed.append(ParsedOp(position, op_name, args, kwargs, outs))
+        parsed.append(_parse_op(position, op, defined))
+        defined += sum(1 for out in parsed[-1].outs if out is not None)
     if not isinstance(outputs, list) or not outputs:
         raise malformed("outputs must be a non-empty list of slots")
     for out in outputs:
         if type(out) is not int or not 0 <= out < defined:
             raise malformed(f"output slot {out!r} is not defined (slots 0..{defined - 1} are)")
     return ParsedPlan(name, inputs, list(state), parsed, list(outputs))
+
+
+def _parse_op(position: int, op: Any, defined: int) -> ParsedOp:
+    """Check op ``position``; ``defined`` slots exist before it, its outs must come next."""
+    where = f"op {position}"
+    if not isinstance(op, list) or len(op) != 4:
+        raise malformed(f"{where} is not [name, args, kwargs, outs]")
+    op_name, args, kwargs, outs = op
+    if not isinstance(op_name, str):
+        raise malformed(f"{where} has no name")
+    where = f"op {position} ({op_name})"
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise malformed(f"{where}: args must be a list and kwargs a map")
+    _check_value(args, defined, where)
+    _check_value(kwargs, defined, where)
+    if not isinstance(outs, list):
+        raise malformed(f"{where}: outs must be a list")
+    for out in outs:
+        if out is None:
+            continue
+        if type(out) is not int or out != defined:
+            raise malformed(f"{where} writes slot {out!r}; the next free slot is {defined}")
+        defined += 1
+    return ParsedOp(position, op_name, args, kwargs, outs)
 
 
 def _check_value(value: Any, defined: int, where: str) -> None:

@@ -75,6 +75,27 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
+class _HashChanges:
+    """The fields to set and to delete in one Redis hash, applied to a pipeline at once."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.sets: dict[str, bytes] = {}
+        self.drops: list[str] = []
+
+    def set(self, field: str, value: bytes) -> None:
+        self.sets[field] = value
+
+    def drop(self, field: str) -> None:
+        self.drops.append(field)
+
+    def apply(self, pipe: Any) -> None:
+        if self.sets:
+            pipe.hset(self.key, mapping=self.sets)
+        if self.drops:
+            pipe.hdel(self.key, *self.drops)
+
+
 class RedisObjectStore(ObjectStore):
     """An :class:`ObjectStore` that persists every object of ``worker_id`` under ``namespace``."""
 
@@ -204,19 +225,18 @@ class RedisObjectStore(ObjectStore):
                 ),
             )
             persisted.clear()
-        records: dict[str, bytes] = {}
-        failures: dict[str, bytes] = {}
-        owners: dict[str, str] = {}
-        drop_records: list[str] = []
-        drop_failures: list[str] = []
-        drop_owners: list[str] = []
+        records, failures, owners = (
+            _HashChanges(self._objects_key),
+            _HashChanges(self._failures_key),
+            _HashChanges(self._owners_key),
+        )
         for obj_id in self._dirty:
             field = str(obj_id)
             owner = self.owners.get(obj_id)
             if owner is None:
-                drop_owners.append(field)
+                owners.drop(field)
             else:
-                owners[field] = owner
+                owners.set(field, owner.encode())
             before = persisted.get(obj_id)
             if before == _LARGE:
                 pipe.delete(keys.tensor_parts(self.namespace, self.worker_id, obj_id))
@@ -225,32 +245,22 @@ class RedisObjectStore(ObjectStore):
                 if record is None:
                     persisted.pop(obj_id, None)
                     if before in (b"o", _LARGE):
-                        drop_records.append(field)
+                        records.drop(field)
                 else:
-                    records[field] = record
+                    records.set(field, record)
                     persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
                 if before == b"f":
-                    drop_failures.append(field)
+                    failures.drop(field)
             elif obj_id in self.failures:
-                failures[field] = msgpack.packb(self.failures[obj_id], use_bin_type=True)
+                failures.set(field, msgpack.packb(self.failures[obj_id], use_bin_type=True))
                 persisted[obj_id] = b"f"
                 if before in (b"o", _LARGE):
-                    drop_records.append(field)
+                    records.drop(field)
             elif before is not None:
                 persisted.pop(obj_id)
-                (drop_failures if before == b"f" else drop_records).append(field)
-        if records:
-            pipe.hset(self._objects_key, mapping=records)  # type: ignore[arg-type]
-        if failures:
-            pipe.hset(self._failures_key, mapping=failures)  # type: ignore[arg-type]
-        if drop_records:
-            pipe.hdel(self._objects_key, *drop_records)
-        if drop_failures:
-            pipe.hdel(self._failures_key, *drop_failures)
-        if owners:
-            pipe.hset(self._owners_key, mapping=owners)  # type: ignore[arg-type]
-        if drop_owners:
-            pipe.hdel(self._owners_key, *drop_owners)
+                (failures if before == b"f" else records).drop(field)
+        for changes in (records, failures, owners):
+            changes.apply(pipe)
         marker = outgoing if sum(len(body) for _, _, body in outgoing) <= REPLAY_LIMIT else []
         pipe.set(
             keys.batch(self.namespace, self.worker_id, batch_key),
