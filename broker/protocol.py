@@ -34,6 +34,9 @@ objects             [request]: reply with every stored object, for display
 count               [request]: reply with the number of stored objects
 clear               [request]: forget every object (no cascade)
 ping                [request]: reply ``True``; a health check
+search              [query, request]: reply ``[id, shape, dtype, requires_grad, tags,
+                    description]`` of every object the caller may use whose tags hold
+                    every query item (or whose id is one), for pointers (worker.datasets)
 forward_failed      [ids, error]: (worker to worker) the op forwarded under these ids
                     failed; mark the pointers to them failed too, and tell the hop before
 plan, run_plan      see worker/plans.py
@@ -66,6 +69,7 @@ OBJECTS = "objects"
 COUNT = "count"
 CLEAR = "clear"
 PING = "ping"
+SEARCH = "search"
 FORWARD_FAILED = "forward_failed"
 PLAN = "plan"
 RUN_PLAN = "run_plan"
@@ -83,6 +87,7 @@ COMMAND_ARITY: dict[str, int] = {
     COUNT: 1,
     CLEAR: 1,
     PING: 1,
+    SEARCH: 2,
     FORWARD_FAILED: 2,
     PLAN: 3,
     RUN_PLAN: 5,

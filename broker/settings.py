@@ -35,6 +35,9 @@ Variables and defaults:
   its replies on redelivery) and keeps the parts of a chunked message.
 - ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts before a client gives up.
 - ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
+- ``TENSORFLEET_DATASETS`` (unset): datasets a worker's operator hosts, ``NAME=PATH`` entries
+  separated by ``,`` (safetensors files; ``tensorfleet worker --dataset`` sets it); see
+  worker/datasets.py.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Settings:
     batch_ttl: int = 3600
     connect_retries: int = 5
     worker_id: str | None = None
+    datasets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -134,6 +138,9 @@ class Settings:
             batch_ttl=_integer(raw("BATCH_TTL"), "BATCH_TTL", defaults.batch_ttl, minimum=1),
             connect_retries=_integer(
                 raw("CONNECT_RETRIES"), "CONNECT_RETRIES", defaults.connect_retries, minimum=0
+            ),
+            datasets=tuple(
+                entry.strip() for entry in (raw("DATASETS") or "").split(",") if entry.strip()
             ),
             worker_id=(
                 None

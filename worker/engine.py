@@ -40,6 +40,7 @@ from broker.protocol import PointerRecord, Ref
 from broker.settings import get_settings
 from worker.access import ANONYMOUS, OPERATOR, Access, check
 from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
+from worker.datasets import HostedTensor
 from worker.limits import OpLimits
 from worker.store import ObjectStore, object_bytes
 
@@ -167,6 +168,7 @@ class Engine:
             protocol.COUNT: self._count,
             protocol.CLEAR: self._clear,
             protocol.PING: self._ping,
+            protocol.SEARCH: self._search,
             protocol.FORWARD_FAILED: self._forward_failed,
             protocol.PLAN: self._plan,
             protocol.RUN_PLAN: self._run_plan,
@@ -745,6 +747,41 @@ class Engine:
         used = self.store.usage.get(self._principal, 0)
         if used + new_bytes > self.quota:
             raise QuotaExceededError(self._principal, self.worker_id, used + new_bytes, self.quota)
+
+    def host(self, hosted: HostedTensor) -> None:
+        """Keep a tensor of a dataset the operator hosts (worker.datasets): tagged, private."""
+        tensor = hosted.tensor
+        tensor.tags = set(hosted.tags)  # type: ignore[attr-defined]
+        tensor.description = hosted.description  # type: ignore[attr-defined]
+        self.store.host(hosted.obj_id, tensor)
+
+    def _search(self, query: Any, request: int | None) -> None:
+        """The objects the caller may use whose tags hold every query item (or named by id)."""
+        if not isinstance(query, list) or not all(isinstance(q, str | int) for q in query):
+            self._fail(request, (), MalformedMessageError("search takes a list of tags"), "search")
+            return
+        wanted_tags = {q for q in query if isinstance(q, str)}
+        wanted_ids = {q for q in query if isinstance(q, int)}
+        principal, owners = self._principal, self.store.owners
+        found = []
+        for obj_id, obj in self.store.objects.items():
+            if not isinstance(obj, torch.Tensor) or owners.get(obj_id) not in (principal, OPERATOR):
+                continue
+            tags = getattr(obj, "tags", None) or set()
+            if wanted_ids and obj_id not in wanted_ids:
+                continue
+            if wanted_tags <= tags:
+                found.append(
+                    [
+                        obj_id,
+                        list(obj.shape),
+                        codec.dtype_name(obj.dtype),
+                        obj.requires_grad,
+                        sorted(tags),
+                        str(getattr(obj, "description", "") or ""),
+                    ]
+                )
+        self._reply(request, found)
 
     def _ping(self, request: int | None) -> None:
         self._reply(request, True)

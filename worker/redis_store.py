@@ -231,6 +231,8 @@ class RedisObjectStore(ObjectStore):
             _HashChanges(self._owners_key),
         )
         for obj_id in self._dirty:
+            if obj_id in self.hosted:
+                continue  # hosted datasets live in their files, not in Redis
             field = str(obj_id)
             owner = self.owners.get(obj_id)
             if owner is None:
@@ -317,7 +319,10 @@ class RedisObjectStore(ObjectStore):
     # -- start-up --------------------------------------------------------------------------
     def load(self) -> int:
         """Replace the in-memory objects with what Redis holds; returns how many were loaded."""
+        hosted = dict(self.hosted)
         ObjectStore.clear(self)
+        for obj_id, tensor in hosted.items():  # the operator's datasets stay, as loaded
+            self.host(obj_id, tensor)
         self._persisted.clear()
         self._dirty.clear()
         self._cleared = False

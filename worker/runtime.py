@@ -60,6 +60,7 @@ from broker.errors import (
 )
 from broker.settings import Settings
 from worker.access import ANONYMOUS
+from worker.datasets import load_dataset, parse_option
 from worker.engine import Delivery, Engine
 from worker.limits import OpLimits
 from worker.publisher import Publisher, broker_user
@@ -350,7 +351,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ start-up
     def start(self) -> int:
-        """Load every object from Redis and make sure the dead-letter queue exists."""
+        """Host the operator's datasets, load every object from Redis, declare dead letters."""
+        for option in self.settings.datasets:
+            name, path = parse_option(option)
+            for hosted in load_dataset(self.worker_id, name, path):
+                self.engine.host(hosted)
         count = self.store.load()
         self.stale = False
         self.publisher.declare_dead_letters()

@@ -43,6 +43,16 @@ class ObjectStore:
         self.usage: dict[str, int] = {}
         #: id -> bytes counted for it in ``usage``
         self._sizes: dict[int, int] = {}
+        #: datasets the operator hosts (worker.datasets): id -> tensor; never persisted, and
+        #: kept through a reload
+        self.hosted: dict[int, torch.Tensor] = {}
+
+    def host(self, obj_id: int, tensor: torch.Tensor) -> None:
+        """Keep a dataset tensor the operator hosts, owned by :data:`worker.access.OPERATOR`."""
+        from worker.access import OPERATOR
+
+        self.hosted[obj_id] = tensor
+        ObjectStore.put(self, obj_id, tensor, OPERATOR)
 
     # -- one message at a time ---------------------------------------------------------
     def replay(self, batch_key: str) -> list[tuple[str, str, Body]] | None:
