@@ -78,29 +78,36 @@ def private_fleet(
     """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after."""
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
     namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    log_dir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
-    announce(
-        f"starting fleet workers {', '.join(worker_ids)} in private namespace {namespace} "
-        "for this run (stopped and deleted afterwards)"
-    )
     _switch_namespace(namespace)
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    started = False
+    log_dir: Path | None = None
+    keep_logs = False
+    settings: Settings | None = None
     try:
+        settings = get_settings()  # a bad TENSORFLEET_* value fails here, before anything starts
+        workers = _handles(worker_ids, hook)  # connects first: a broker that is down fails here
+        announce(
+            f"starting fleet workers {', '.join(worker_ids)} in private namespace {namespace} "
+            "for this run (stopped and deleted afterwards)"
+        )
+        log_dir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
         for worker_id in worker_ids:
             with open(log_dir / f"{worker_id}.log", "wb") as log:
                 processes[worker_id] = start_worker_process(
                     worker_id, log=log, die_with_parent=True
                 )
-        workers = _handles(worker_ids, hook)
-        _wait_until_serving(workers, processes, log_dir, announce)
-        started = True
+        try:
+            _wait_until_serving(workers, processes, log_dir, announce)
+        except WorkerUnavailableError:
+            keep_logs = True  # the announcement names the log of the worker that did not start
+            raise
         yield workers
     finally:
         stop_processes(list(processes.values()))
-        purge_namespace(namespace, worker_ids, get_settings())
+        if settings is not None:
+            purge_namespace(namespace, worker_ids, settings)
         _switch_namespace(previous)
-        if started:
+        if log_dir is not None and not keep_logs:
             shutil.rmtree(log_dir, ignore_errors=True)
 
 
