@@ -44,10 +44,12 @@ class OneLineUsageError(click.UsageError):
         super().__init__(error.format_message(), error.ctx)
 
     def format_message(self) -> str:
-        message = one_line(self.message).rstrip(".")
+        message = one_line(self.message)
+        if not message.endswith((".", "?", "!", ")")):
+            message += "."
         if self.ctx is None:
-            return f"{message}."
-        return f"{message}. See '{self.ctx.command_path} --help'."
+            return message
+        return f"{message} See '{self.ctx.command_path} --help'."
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"Error: {self.format_message()}", file=file, err=file is None)
