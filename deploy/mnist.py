@@ -5,8 +5,8 @@ DIR itself must hold ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 (``.gz``), as http://yann.lecun.com/exdb/mnist/ distributes them. Nothing else is
 searched: a copy in a subfolder, or anywhere else, is not used (the error names it).
 Before any training, every file's IDX header is read and checked (magic number,
-shape, and that images and labels agree), so a wrong or damaged file is an error
-naming it, not a crash after minutes.
+shape, and that images and labels agree), so a wrong or damaged file is a usage
+error naming it (``click.BadParameter``, exit status 2), not a crash after minutes.
 """
 
 from __future__ import annotations
@@ -33,10 +33,6 @@ _IMAGES_MAGIC = 0x00000803
 _LABELS_MAGIC = 0x00000801
 
 
-class MnistError(click.BadParameter):
-    """``--mnist DIR`` does not hold a usable MNIST copy (a usage error, exit status 2)."""
-
-
 def _open(path: Path) -> IO[bytes]:
     opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
     handle: IO[bytes] = opener(path, "rb")
@@ -44,7 +40,7 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def find_files(directory: Path) -> dict[str, Path]:
-    """The four IDX files in ``directory`` itself, by role; MnistError naming any missing."""
+    """The four IDX files in ``directory`` itself, by role (BadParameter naming any missing)."""
     found: dict[str, Path] = {}
     missing = []
     for role, name in FILES.items():
@@ -55,7 +51,7 @@ def find_files(directory: Path) -> dict[str, Path]:
         else:
             missing.append(f"{name}[.gz]")
     if missing:
-        raise MnistError(
+        raise click.BadParameter(
             f"{directory} lacks {', '.join(missing)}: the four MNIST IDX files must be in "
             f"that directory itself{_elsewhere_hint(directory)}"
         )
@@ -73,39 +69,41 @@ def _elsewhere_hint(directory: Path) -> str:
 
 
 def _header(path: Path) -> tuple[int, ...]:
-    """The shape an IDX file declares; MnistError if it is not an unsigned-byte IDX file."""
+    """The shape an IDX file declares; click.BadParameter if it is not an unsigned-byte IDX file."""
     try:
         with _open(path) as handle:
             head = handle.read(4)
             if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] not in (1, 3):
-                raise MnistError(f"{path} is not an MNIST IDX file (its first bytes are wrong)")
+                raise click.BadParameter(
+                    f"{path} is not an MNIST IDX file (its first bytes are wrong)"
+                )
             dims = head[3]
             raw = handle.read(4 * dims)
     except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise MnistError(f"{path} cannot be read: {error}") from None
+        raise click.BadParameter(f"{path} cannot be read: {error}") from None
     if len(raw) < 4 * dims:
-        raise MnistError(f"{path} is cut short: its IDX header is incomplete")
+        raise click.BadParameter(f"{path} is cut short: its IDX header is incomplete")
     return struct.unpack(f">{dims}I", raw)
 
 
 def check_directory(directory: Path) -> dict[str, Path]:
-    """The four files of a usable copy in ``directory``; MnistError saying what is wrong."""
+    """The four files of a usable copy in ``directory``; click.BadParameter saying what is wrong."""
     files = find_files(directory)
     shapes = {role: _header(path) for role, path in files.items()}
     for split in ("train", "t10k"):
         images, labels = shapes[f"{split}-images"], shapes[f"{split}-labels"]
         if len(images) != 3 or len(labels) != 1:
-            raise MnistError(
+            raise click.BadParameter(
                 f"{files[f'{split}-images']} must hold images (3 dimensions) and "
                 f"{files[f'{split}-labels']} labels (1 dimension): are the two swapped?"
             )
         if images[0] != labels[0]:
-            raise MnistError(
+            raise click.BadParameter(
                 f"{files[f'{split}-images']} holds {images[0]} images but "
                 f"{files[f'{split}-labels']} {labels[0]} labels: they must be one set"
             )
     if shapes["train-images"][1:] != shapes["t10k-images"][1:]:
-        raise MnistError(
+        raise click.BadParameter(
             f"training images are {shapes['train-images'][1:]} pixels but test images "
             f"{shapes['t10k-images'][1:]}: both files must come from one MNIST copy"
         )
@@ -120,7 +118,9 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * len(shape)
     expected = int(np.prod(shape))
     if len(raw) - offset < expected:
-        raise MnistError(f"{path} is cut short: {len(raw) - offset} of {expected} bytes of data")
+        raise click.BadParameter(
+            f"{path} is cut short: {len(raw) - offset} of {expected} bytes of data"
+        )
     return np.frombuffer(raw, dtype=np.uint8, count=expected, offset=offset).reshape(shape)
 
 
@@ -134,6 +134,6 @@ class MnistDirectory(click.Path):
         directory = Path(os.fsdecode(super().convert(value, param, ctx)))
         try:
             check_directory(directory)
-        except MnistError as error:
+        except click.BadParameter as error:
             self.fail(error.message, param, ctx)
         return directory
