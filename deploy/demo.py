@@ -189,6 +189,7 @@ def run_demo(
                 release(workers)
             raise
         release(workers)
+        stop.check()  # Ctrl-C during the clean-up: the run is complete, but stop as asked
     echo(
         f"final test accuracy: federated {result.federated_accuracy[-1]:.2f}%, centralized "
         f"{result.central_accuracy[-1]:.2f}% (gap {result.gap:+.2f} points) after "
