@@ -35,14 +35,16 @@ check: setup ## ruff, ruff format --check, mypy, pytest (the CI command)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing
 	$(BIN)/pytest
 
 lint: setup ## ruff check and ruff format --check only
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: setup ## mypy only
+typecheck: setup ## mypy only (the packages, then the typing checks of the public API)
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing
 
 test: setup ## pytest only (needs RabbitMQ and Redis for the fleet tests)
 	$(BIN)/pytest

@@ -149,6 +149,11 @@ def task_message(
 ) -> tuple[dict[str, Any], bytes]:
     """Headers and msgpack payload of a Celery protocol-v2 ``tensorfleet.execute`` message.
 
+    Built here rather than with Celery's ``app.amqp.as_task_v2`` so a client needs no
+    Celery app and the body is written around the envelope without a copy;
+    ``tests/test_fleet_amqp.py`` fails if these headers drift from what the installed
+    Celery sends.
+
     ``ignore_result`` is set: TensorFleet senders read replies from their own
     reply queue, so the worker publishes them itself and no result backend is
     involved. (A plain Celery caller leaves it unset and gets the reply as the
@@ -156,7 +161,7 @@ def task_message(
     """
     pieces = body if isinstance(body, list) else [memoryview(body).cast("B")]
     size = sum(len(piece) for piece in pieces)
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": TASK_NAME,
         "id": task_id,
@@ -173,6 +178,9 @@ def task_message(
         "kwargsrepr": "{}" if chunk is None else f"{{'chunk': {chunk.to_wire()!r}}}",
         "origin": origin,
         "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
     }
     if forward:
         headers[FORWARD_HEADER] = True

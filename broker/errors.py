@@ -177,6 +177,85 @@ class ConfigurationError(TensorFleetError, ValueError):
         )
 
 
+class StoreUnavailableError(TensorFleetError):
+    """A worker cannot reach its store (Redis): it stops serving until the store is back."""
+
+    def __init__(self, worker: str, url: str, reason: str) -> None:
+        super().__init__(
+            f'Worker "{worker}" cannot reach its store (Redis at {url}): {reason}. It has '
+            "stopped taking messages until Redis is back; your commands wait in its queue and "
+            "nothing is lost. Start Redis (or fix TENSORFLEET_REDIS_URL for that worker)."
+        )
+
+
+class UnknownWorkerError(TensorFleetError):
+    """A command would send data or work to a worker that is not part of the fleet."""
+
+    def __init__(self, destination: str, worker: str) -> None:
+        super().__init__(
+            f'Worker "{worker}" cannot send to "{destination}": no worker of that id is part of '
+            f"this fleet (its queue does not exist). Nothing moved: the data stays on {worker}. "
+            f"Check the id, or start it with `tensorfleet worker {destination}` first."
+        )
+
+
+class OperationTooLargeError(TensorFleetError):
+    """An op would make a result, or do work, above the worker's per-op limits."""
+
+    def __init__(self, op: str, worker: str, amount: int, limit: int, variable: str) -> None:
+        what = "bytes of results" if variable.endswith("OBJECT_BYTES") else "elements of work"
+        super().__init__(
+            f'The operation "{op}" on worker "{worker}" would need {amount} {what}, above '
+            f"the limit of {limit} ({variable}); it was refused before it ran. Work on "
+            f"smaller pieces, or ask the fleet's operator to raise {variable}."
+        )
+
+
+class UnboundedOperationError(TensorFleetError):
+    """An op's result size depends on the data, so the worker cannot bound it before it runs."""
+
+    def __init__(self, op: str, worker: str) -> None:
+        super().__init__(
+            f'The operation "{op}" was refused by worker "{worker}": the size of its result '
+            "depends on the data (or its arguments are invalid), so it cannot be checked "
+            "against the worker's limits before it runs. Give the size explicitly (for "
+            "example F.one_hot(x, num_classes=10)), or .get() the inputs and run it locally."
+        )
+
+
+class QuotaExceededError(TensorFleetError):
+    """A client would keep more bytes on a worker than its quota allows."""
+
+    def __init__(self, principal: str, worker: str, size: int, quota: int) -> None:
+        super().__init__(
+            f'Client "{principal}" would keep {size} bytes on worker "{worker}", above its '
+            f"quota of {quota} bytes (TENSORFLEET_CLIENT_QUOTA_BYTES); the command was "
+            "refused. Free space by deleting or .get()-ing objects you no longer need there."
+        )
+
+
+class PermissionDeniedError(TensorFleetError):
+    """A command named an object that belongs to another client."""
+
+    def __init__(self, obj_id: int, worker: str, action: str) -> None:
+        super().__init__(
+            f'Object "{obj_id}" on worker "{worker}" belongs to another client, so you cannot '
+            f"{action} it; nothing was changed. Use your own pointers: objects belong to the "
+            "client (RabbitMQ user) whose command created them."
+        )
+
+
+class GetNotPermittedError(TensorFleetError):
+    """A client tried to fetch, move or send a dataset its owner hosts as private."""
+
+    def __init__(self, obj_id: int, worker: str) -> None:
+        super().__init__(
+            f'Object "{obj_id}" on worker "{worker}" is private data that {worker}\'s owner '
+            "hosts: you can compute on it there (ops, training, plans) and fetch the results, "
+            "but never .get(), .move() or .send() the data itself."
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -202,6 +281,13 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         BrokerConnectionError,
         PlanNotBuiltError,
         ConfigurationError,
+        StoreUnavailableError,
+        UnknownWorkerError,
+        OperationTooLargeError,
+        UnboundedOperationError,
+        QuotaExceededError,
+        PermissionDeniedError,
+        GetNotPermittedError,
         RemoteExecutionError,
     )
 }

@@ -4,6 +4,8 @@ A message (an *envelope*) is a msgpack map::
 
     {"v": 1, "batch": <int>, "sender": <str>, "reply_to": <str|None>, "commands": [...]}
 
+(a worker forwarding work adds ``"forwarded": true`` and ``"on_behalf_of": <principal>``)
+
 ``batch`` is unique per sender and makes redelivery idempotent; ``reply_to`` is the
 address that replies and errors go to (a client's reply queue, or an in-process
 mailbox); delivery options never share a namespace with a command's torch call.
@@ -151,9 +153,18 @@ class TensorMeta:
 
 
 def envelope(
-    batch: int, sender: str, reply_to: str | None, commands: list[Any], forwarded: bool = False
+    batch: int,
+    sender: str,
+    reply_to: str | None,
+    commands: list[Any],
+    forwarded: bool = False,
+    on_behalf_of: str | None = None,
 ) -> dict[str, Any]:
-    """Build a batch message; ``forwarded`` marks one a worker sent on behalf of a client."""
+    """Build a batch message; ``forwarded`` marks one a worker sent on behalf of a client.
+
+    ``on_behalf_of`` (forwarded messages only) names the principal the original message
+    ran for; the receiving worker believes it only from another worker of the fleet.
+    """
     message = {
         "v": PROTOCOL_VERSION,
         "batch": batch,
@@ -163,6 +174,8 @@ def envelope(
     }
     if forwarded:
         message["forwarded"] = True
+        if on_behalf_of is not None:
+            message["on_behalf_of"] = on_behalf_of
     return message
 
 

@@ -14,7 +14,17 @@ Variables and defaults:
   (and test runs) sharing a broker and a Redis stay apart.
 - ``TENSORFLEET_MAX_MESSAGE_BYTES`` = ``67108864`` (64 MiB): largest AMQP message; bigger bodies
   travel in chunks (RabbitMQ refuses messages above 128 MiB).
-- ``TENSORFLEET_MAX_OBJECT_BYTES`` = ``8589934592`` (8 GiB): largest reassembled message.
+- ``TENSORFLEET_MAX_OBJECT_BYTES`` = ``8589934592`` (8 GiB): largest reassembled message, and
+  the most bytes one op's results may take (checked before the op runs).
+- ``TENSORFLEET_MAX_OP_WORK`` = ``1073741824`` (2**30): the most work one op may ask of a
+  worker: elements read and written, plus multiply-adds for contractions (matmul, conv).
+- ``TENSORFLEET_CLIENT_QUOTA_BYTES`` = ``17179869184`` (16 GiB): the most tensor bytes one
+  client (one RabbitMQ user) may keep on one worker; a command that would go above it is
+  refused with ``QuotaExceededError``.
+- ``TENSORFLEET_TASK_EVENTS`` = ``1``: workers send Celery task events (Flower's task list,
+  ``celery events``); ``0`` turns them off (worker heartbeats still go out).
+- ``TENSORFLEET_METRICS_PORT`` = ``0``: a fleet worker serves Prometheus metrics on this port
+  (``0``: no metrics); see worker/metrics.py. ``tensorfleet up`` gives each worker its own.
 - ``TENSORFLEET_BATCH_SIZE`` = ``1000``: commands a client queues before it sends a batch.
 - ``TENSORFLEET_FLUSH_INTERVAL`` = ``0.005``: seconds pipelined commands may wait for more
   company before a fleet client sends them anyway (a synchronising call sends at once).
@@ -57,6 +67,10 @@ class Settings:
     namespace: str = "tensorfleet"
     max_message_bytes: int = 64 * 1024 * 1024
     max_object_bytes: int = 8 * 1024 * 1024 * 1024
+    max_op_work: int = 2**30
+    client_quota_bytes: int = 16 * 1024 * 1024 * 1024
+    task_events: bool = True
+    metrics_port: int = 0
     batch_size: int = 1000
     flush_interval: float = 0.005
     torch_threads: int = 1
@@ -93,6 +107,19 @@ class Settings:
             ),
             max_object_bytes=_integer(
                 raw("MAX_OBJECT_BYTES"), "MAX_OBJECT_BYTES", defaults.max_object_bytes, minimum=1024
+            ),
+            max_op_work=_integer(
+                raw("MAX_OP_WORK"), "MAX_OP_WORK", defaults.max_op_work, minimum=1024
+            ),
+            client_quota_bytes=_integer(
+                raw("CLIENT_QUOTA_BYTES"),
+                "CLIENT_QUOTA_BYTES",
+                defaults.client_quota_bytes,
+                minimum=1024,
+            ),
+            task_events=_flag(raw("TASK_EVENTS"), "TASK_EVENTS", defaults.task_events),
+            metrics_port=_integer(
+                raw("METRICS_PORT"), "METRICS_PORT", defaults.metrics_port, minimum=0, maximum=65535
             ),
             batch_size=_integer(raw("BATCH_SIZE"), "BATCH_SIZE", defaults.batch_size, minimum=1),
             torch_threads=_integer(
@@ -162,6 +189,17 @@ def _integer(
         bounds = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ConfigurationError(f"TENSORFLEET_{name}", value, bounds)
     return number
+
+
+def _flag(value: str | None, name: str, default: bool) -> bool:
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"TENSORFLEET_{name}", value, "1 or 0 (true/false, yes/no, on/off)")
 
 
 def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) -> str:

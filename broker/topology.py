@@ -13,6 +13,9 @@ name                                   what it is
 ``<ns>.dlx``                           durable fanout exchange for rejected messages
 ``<ns>.dead-letter``                   durable queue bound to it; each message carries
                                        :data:`REASON_HEADER` and :data:`ORIGIN_HEADER`
+``<ns>.control.pidbox``                Celery's broadcast exchange for the namespace's
+                                       workers (``celery inspect``, Flower)
+``<ns>.events``                        Celery's event exchange (task and worker events)
 =====================================  ===============================================
 
 Worker queues take no ``x-`` arguments on purpose: a plain Celery caller's
@@ -72,6 +75,30 @@ def namespace_from_queue(queue: str) -> str | None:
 def reply_queue(client_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The queue a client reads its replies from: ``tensorfleet.reply.<client_id>``."""
     return f"{_check('namespace', namespace)}.reply.{_check('client id', client_id)}"
+
+
+def control_exchange_prefix(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Celery's ``control_exchange`` for a namespace: broadcasts go to ``<ns>.control.pidbox``.
+
+    Celery's default, ``celery``, is shared by every Celery app on a broker; a fleet's
+    workers would receive (and refuse) other apps' ``inspect`` and Flower polls.
+    """
+    return f"{_check('namespace', namespace)}.control"
+
+
+def event_exchange(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """Celery's ``event_exchange`` for a namespace (task and worker events, for Flower)."""
+    return f"{_check('namespace', namespace)}.events"
+
+
+def worker_user(worker_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The RabbitMQ user worker ``worker_id`` connects as: ``tensorfleet.worker.bob``.
+
+    Workers believe a forwarded message's ``on_behalf_of`` only when RabbitMQ says the
+    forwarding worker's own user published it (or, in fleets where every party shares
+    one account, that shared user).
+    """
+    return worker_queue(worker_id, namespace)
 
 
 def dead_letter_exchange(namespace: str = DEFAULT_NAMESPACE) -> str:

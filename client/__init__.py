@@ -1,6 +1,6 @@
 """TensorFleet's user API: ``import client as sy``.
 
-Exactly the public contract of DESIGN.md: the hook, the two worker kinds,
+Exactly the public contract (the README's API tour): the hook, the two worker kinds,
 pointers, the error tree, federated data, optimizers and plans.
 """
 
@@ -21,7 +21,7 @@ from client import federated  # federated learning: FederatedDataset/Loader, Opt
 from client.federated import FederatedDataLoader, FederatedDataset
 from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor
-from client.plan import Plan, func2plan  # Plans (issue 5)
+from client.plan import Plan, func2plan
 from client.pointer import PointerTensor
 from client.workers import BaseWorker, FleetWorker, VirtualWorker
 

@@ -25,6 +25,8 @@ _COMMANDS = {
     "up": "worker.cli:up",
     "demo": "deploy.demo:demo",
     "bench": "deploy.bench.command:bench",
+    "status": "worker.cli_ops:status",
+    "dead-letters": "worker.cli_ops:dead_letters",
 }
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections import deque
 
 from broker.codec import Body
-from worker.engine import Engine
+from broker.errors import MalformedMessageError
+from broker.settings import get_settings
+from broker.topology import worker_user
+from worker.engine import Delivery, Engine
 
 
 class Hub:
@@ -20,23 +23,32 @@ class Hub:
 
     def __init__(self) -> None:
         self.engines: dict[str, Engine] = {}
-        self._inboxes: dict[str, deque[Body]] = {}
+        #: worker id -> (message, the principal that published it), oldest first
+        self._inboxes: dict[str, deque[tuple[Body, str]]] = {}
         self._mailboxes: dict[str, deque[Body]] = {}
         self._draining = False
+        #: (worker id, reason) of every message a worker refused whole, like the fleet's
+        #: dead-letter queue: a malformed message is never raised into its sender
+        self.dead_letters: list[tuple[str, str]] = []
 
     def engine(self, worker_id: str) -> Engine:
         """The engine of ``worker_id``, created on first use (a VirtualWorker's id)."""
         engine = self.engines.get(worker_id)
         if engine is None:
-            engine = self.engines[worker_id] = Engine(worker_id)
+            engine = self.engines[worker_id] = Engine(
+                worker_id,
+                is_worker=self.engines.__contains__,
+                quota=get_settings().client_quota_bytes,
+                trusts_forwarder=lambda principal, sender: principal == worker_user(sender),
+            )
         return engine
 
     def mailbox(self, address: str) -> deque[Body]:
         return self._mailboxes.setdefault(address, deque())
 
-    def deliver(self, worker_id: str, body: Body) -> None:
-        """Queue a message for a worker and run the fleet until it is quiet."""
-        self._inboxes.setdefault(worker_id, deque()).append(body)
+    def deliver(self, worker_id: str, body: Body, principal: str) -> None:
+        """Queue ``principal``'s message for a worker and run the fleet until it is quiet."""
+        self._inboxes.setdefault(worker_id, deque()).append((body, principal))
         if not self._draining:
             self._drain()
 
@@ -48,24 +60,35 @@ class Hub:
                 progressed = False
                 for worker_id, inbox in list(self._inboxes.items()):
                     engine = self.engines.get(worker_id)
-                    if engine is None:  # no such worker: its messages wait, like a queue
+                    if engine is None:  # not started yet: its messages wait, like a queue
                         continue
                     while inbox:
                         progressed = True
-                        self._route(engine.handle(inbox.popleft()).outgoing)
+                        body, principal = inbox.popleft()
+                        try:
+                            result = engine.handle(body, Delivery(principal=principal))
+                        except MalformedMessageError as error:
+                            self.dead_letters.append((worker_id, str(error)))
+                            continue
+                        self._route(worker_id, result.outgoing)
         finally:
             self._draining = False
 
-    def _route(self, outgoing: list[tuple[str, str, Body]]) -> None:
+    def _route(self, worker_id: str, outgoing: list[tuple[str, str, Body]]) -> None:
+        """Deliver what worker ``worker_id`` sent: replies, and forwards as that worker."""
         for kind, address, body in outgoing:
             if kind == "reply":
                 self.mailbox(address).append(body)
             else:
-                self._inboxes.setdefault(address, deque()).append(body)
+                self._inboxes.setdefault(address, deque()).append((body, worker_user(worker_id)))
 
 
 class InProcessTransport:
-    """The Transport of VirtualWorkers: hands bytes to a Hub."""
+    """The Transport of VirtualWorkers: hands bytes to a Hub.
+
+    Its client is the principal ``reply_address`` names (``me`` for the hook's workers):
+    in one process there is nothing to authenticate, but objects still have owners.
+    """
 
     def __init__(self, hub: Hub, reply_address: str = "me") -> None:
         self.hub = hub
@@ -73,7 +96,7 @@ class InProcessTransport:
         self._mailbox = hub.mailbox(reply_address)
 
     def publish(self, worker_id: str, body: Body) -> None:
-        self.hub.deliver(worker_id, body)
+        self.hub.deliver(worker_id, body, self.reply_address)
 
     def receive(self, timeout: float) -> Body | None:
         # everything runs synchronously: a reply is either here now or will never come

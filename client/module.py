@@ -81,12 +81,8 @@ def module_send(self: nn.Module, *locations: Any) -> nn.Module:
 def module_get(self: nn.Module) -> nn.Module:
     """Bring every parameter back into the same Parameter objects; returns the module."""
     for tensor in list(_tensors(self)):
-        if type(tensor) is PointerTensor:
-            local = tensor.get()
-            if isinstance(local, nn.Parameter) or type(local) is PointerTensor:
-                torch.utils.swap_tensors(tensor, local)
-            else:  # a buffer
-                torch.utils.swap_tensors(tensor, local)
+        if type(tensor) is PointerTensor:  # a parameter or buffer on a worker
+            torch.utils.swap_tensors(tensor, tensor.get())
     return self
 
 

@@ -9,8 +9,8 @@ record is an op list in wire form (op wire names, arguments with
 function uses that is not derived from its inputs (a model's parameters and
 buffers, a constant) becomes a *state* tensor that travels with the plan.
 Nothing travels as pickle or Python source; the format is described in
-``worker/plans.py``, which checks every op against the worker's allowlist when
-a plan arrives.
+``broker/plan_format.py``; ``worker/plans.py`` checks every op against the
+worker's allowlist when a plan arrives.
 
 Python control flow runs once, at build time: a plan is the straight line of
 ops that one call made. Reading a tensor's values while building (``bool(x)``,
@@ -41,9 +41,10 @@ from torch.overrides import TorchFunctionMode
 
 from broker import codec, protocol
 from broker.errors import PlanNotBuiltError, TensorsNotCollocatedException
+from broker.meta import Meta
 from broker.ops import wire_name
+from broker.plan_format import plan_data
 from broker.protocol import Slot, bind_slots
-from client.meta import Meta
 from client.pointer import VALUE_READS, PointerTensor, make_pointer, new_id
 
 # ---------------------------------------------------------------------------- tracing
@@ -260,15 +261,14 @@ class Trace:
     _metas: dict[Any, tuple[Meta, ...] | None] = field(default_factory=dict)
 
     def wire(self) -> dict[str, Any]:
-        """The plan data (``worker/plans.py``), its state encoded now."""
-        return {
-            "version": 1,
-            "name": self.name,
-            "inputs": self.inputs,
-            "state": [codec.tensor_ext(_without_grad(t)) for t in self.state],
-            "ops": self.ops,
-            "outputs": self.outputs,
-        }
+        """The plan data (:mod:`broker.plan_format`), its state encoded now."""
+        return plan_data(
+            self.name,
+            self.inputs,
+            [codec.tensor_ext(_without_grad(t)) for t in self.state],
+            self.ops,
+            self.outputs,
+        )
 
     def output_metas(self, input_metas: tuple[Meta, ...], grad: bool) -> tuple[Meta, ...] | None:
         """The results' metadata for inputs like these, from a meta-tensor replay (cached)."""

@@ -24,8 +24,8 @@ import torch
 
 from broker import codec, protocol
 from broker.errors import GetRequiredError, TensorsNotCollocatedException
+from broker.meta import Meta, ShapeCache
 from broker.ops import is_inplace, wire_name
-from client.meta import Meta, ShapeCache
 
 if TYPE_CHECKING:
     from client.workers import BaseWorker

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from broker import codec, protocol
+from broker.meta import Meta
 from broker.protocol import PointerRecord
-from client.meta import Meta
 from client.pointer import PointerTensor, make_pointer, new_id
 
 

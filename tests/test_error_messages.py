@@ -43,6 +43,11 @@ SAMPLES = {
     "expected": "a positive number of seconds",
     "type_name": "LinAlgError",
     "message": "linalg.cholesky: The factorization could not be completed",
+    "destination": "carol",
+    "amount": 17179869184,
+    "principal": "carol",
+    "quota": 1073741824,
+    "action": "delete",
 }
 
 

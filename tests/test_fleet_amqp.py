@@ -37,6 +37,20 @@ def test_task_message_is_celery_protocol_2() -> None:
     assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
 
 
+def test_task_message_headers_are_the_ones_the_installed_celery_sends() -> None:
+    from celery import Celery
+
+    celery_app = Celery("drift-check", broker="memory://", set_as_current=False)
+    reference = celery_app.amqp.as_task_v2("id-1", TASK_NAME, args=[b"envelope"], kwargs={})
+    headers, payload = task_message(b"envelope", "id-1", "client-1")
+    assert set(headers) == set(reference.headers)
+    for name in ("lang", "task", "id", "root_id", "replaced_task_nesting", "stamps", "retries"):
+        assert headers[name] == reference.headers[name], name
+    assert msgpack.unpackb(payload, raw=False) == [
+        list(part) if isinstance(part, tuple) else part for part in reference.body
+    ]
+
+
 def test_chunked_task_message_carries_the_chunk_in_kwargs() -> None:
     chunk = Chunk("t", 1, 3, 30, 10)
     headers, payload = task_message(memoryview(b"0123456789"), "id", "w", chunk, forward=True)

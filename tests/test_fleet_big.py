@@ -70,6 +70,7 @@ def run_client(size: int, tmp_path: Path) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.timeout(1800)  # a 1 GiB round trip on a loaded 2-core machine can take minutes
 @pytest.mark.parametrize("size", [100 * 2**20, 2**30], ids=["100MiB", "1GiB"])
 def test_big_tensors_send_move_and_get(fleet: Any, size: int, tmp_path: Path) -> None:
     result = run_client(size, tmp_path)

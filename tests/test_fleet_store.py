@@ -32,6 +32,16 @@ def namespace(client: redis.Redis) -> Iterator[str]:
         client.delete(*found)
 
 
+#: the principal the objects of these tests belong to
+OWNER = "carol"
+
+
+def commit(store: RedisObjectStore, batch_key: str, outgoing: list[Outgoing]) -> None:
+    """What the worker's runtime does after publishing: record the commit, then write it."""
+    store.commit(batch_key, outgoing)
+    store.write_pending()
+
+
 def new_store(client: redis.Redis, namespace: str, part_bytes: int = 1 << 20) -> RedisObjectStore:
     return RedisObjectStore("bob", client, namespace, part_bytes=part_bytes, batch_ttl=60)
 
@@ -42,11 +52,11 @@ def test_objects_survive_a_restart_with_grad_and_requires_grad(
     store = new_store(client, namespace)
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     (weight * 3).sum().backward()
-    store.put(1, weight)
-    store.put(2, torch.arange(4))
-    store.put(3, PointerRecord("alice", 9, True, (2,), "float32", False))
-    store.mark_failed(4, {"type": "RuntimeError", "message": "boom", "command": "op"})
-    store.commit("c:1", [])
+    store.put(1, weight, OWNER)
+    store.put(2, torch.arange(4), OWNER)
+    store.put(3, PointerRecord("alice", 9, True, (2,), "float32", False), OWNER)
+    store.mark_failed(4, {"type": "RuntimeError", "message": "boom", "command": "op"}, OWNER)
+    commit(store, "c:1", [])
 
     restarted = new_store(client, namespace)
     assert restarted.load() == 3
@@ -61,11 +71,11 @@ def test_objects_survive_a_restart_with_grad_and_requires_grad(
 def test_in_place_changes_are_written_when_touched(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
     tensor = torch.zeros(3)
-    store.put(1, tensor)
-    store.commit("c:1", [])
+    store.put(1, tensor, OWNER)
+    commit(store, "c:1", [])
     tensor.add_(5)
     store.touch(1)
-    store.commit("c:2", [])
+    commit(store, "c:2", [])
     restarted = new_store(client, namespace)
     restarted.load()
     assert torch.equal(restarted.objects[1], torch.full((3,), 5.0))
@@ -75,29 +85,29 @@ def test_created_and_deleted_in_one_message_is_never_written(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace)
-    store.put(1, torch.ones(2))
+    store.put(1, torch.ones(2), OWNER)
     store.pop(1)
-    store.put(2, torch.ones(2))
+    store.put(2, torch.ones(2), OWNER)
     store.discard(2)
-    store.commit("c:1", [])
+    commit(store, "c:1", [])
     assert client.hlen(keys.objects(namespace, "bob")) == 0
     assert not client.exists(keys.tensor_parts(namespace, "bob", 1))
 
 
 def test_a_message_that_changed_nothing_writes_nothing(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
-    store.commit("c:1", [("reply", "q", b"pong")])
+    commit(store, "c:1", [("reply", "q", b"pong")])
     assert not client.exists(keys.batch(namespace, "bob", "c:1"))
 
 
 def test_deleting_a_persisted_object_removes_it(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
-    store.put(1, torch.ones(2))
-    store.mark_failed(2, {"type": "ValueError", "message": "x", "command": "op"})
-    store.commit("c:1", [])
+    store.put(1, torch.ones(2), OWNER)
+    store.mark_failed(2, {"type": "ValueError", "message": "x", "command": "op"}, OWNER)
+    commit(store, "c:1", [])
     store.pop(1)
     store.discard(2)
-    store.commit("c:2", [])
+    commit(store, "c:2", [])
     assert client.hlen(keys.objects(namespace, "bob")) == 0
     assert client.hlen(keys.failures(namespace, "bob")) == 0
 
@@ -106,10 +116,10 @@ def test_a_failure_replaced_by_an_object_loses_its_marker(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace)
-    store.mark_failed(1, {"type": "ValueError", "message": "x", "command": "op"})
-    store.commit("c:1", [])
-    store.put(1, torch.ones(1))
-    store.commit("c:2", [])
+    store.mark_failed(1, {"type": "ValueError", "message": "x", "command": "op"}, OWNER)
+    commit(store, "c:1", [])
+    store.put(1, torch.ones(1), OWNER)
+    commit(store, "c:2", [])
     restarted = new_store(client, namespace)
     restarted.load()
     assert 1 in restarted.objects and 1 not in restarted.failures
@@ -118,14 +128,14 @@ def test_a_failure_replaced_by_an_object_loses_its_marker(
 def test_large_tensors_are_stored_in_parts(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace, part_bytes=1024)
     big = torch.arange(1000, dtype=torch.float64)  # the header, then 8000 bytes in 8 parts
-    store.put(7, big)
-    store.commit("c:1", [])
+    store.put(7, big, OWNER)
+    commit(store, "c:1", [])
     assert client.llen(keys.tensor_parts(namespace, "bob", 7)) == 1 + 8
     restarted = new_store(client, namespace, part_bytes=1024)
     restarted.load()
     assert torch.equal(restarted.objects[7], big)
     restarted.pop(7)
-    restarted.commit("c:2", [])
+    commit(restarted, "c:2", [])
     assert not client.exists(keys.tensor_parts(namespace, "bob", 7))
 
 
@@ -133,12 +143,12 @@ def test_clear_forgets_everything_then_keeps_new_objects(
     client: redis.Redis, namespace: str
 ) -> None:
     store = new_store(client, namespace, part_bytes=64)
-    store.put(1, torch.ones(100))
-    store.put(2, torch.ones(1))
-    store.commit("c:1", [])
+    store.put(1, torch.ones(100), OWNER)
+    store.put(2, torch.ones(1), OWNER)
+    commit(store, "c:1", [])
     store.clear()
-    store.put(3, torch.zeros(1))
-    store.commit("c:2", [])
+    store.put(3, torch.zeros(1), OWNER)
+    commit(store, "c:2", [])
     restarted = new_store(client, namespace)
     restarted.load()
     assert list(restarted.objects) == [3]
@@ -150,19 +160,16 @@ def test_an_applied_batch_replays_its_outgoing_messages(
 ) -> None:
     store = new_store(client, namespace)
     outgoing: list[Outgoing] = [("reply", "q", b"reply-bytes"), ("worker", "alice", b"forward")]
-    store.put(1, torch.ones(1))
-    store.commit("c:1", outgoing)
+    store.put(1, torch.ones(1), OWNER)
+    commit(store, "c:1", outgoing)
     restarted = new_store(client, namespace)
     assert restarted.replay("c:1") == outgoing
     assert restarted.replay("c:2") is None
-    restarted.first_delivery = True  # a message seen for the first time skips the lookup
-    assert restarted.replay("c:1") is None
 
 
-def test_a_deferred_commit_is_written_by_write_pending(client: redis.Redis, namespace: str) -> None:
+def test_a_commit_is_written_by_write_pending(client: redis.Redis, namespace: str) -> None:
     store = new_store(client, namespace)
-    store.defer_commits = True
-    store.put(1, torch.ones(1))
+    store.put(1, torch.ones(1), OWNER)
     store.commit("c:1", [("reply", "q", codec.encode([1, torch.ones(300_000)]))])
     assert new_store(client, namespace).load() == 0  # published first, written after
     store.write_pending()
@@ -171,7 +178,7 @@ def test_a_deferred_commit_is_written_by_write_pending(client: redis.Redis, name
     replayed = restarted.replay("c:1")
     assert replayed is not None
     assert torch.equal(codec.decode(replayed[0][2])[1], torch.ones(300_000))
-    store.put(2, torch.ones(1))
+    store.put(2, torch.ones(1), OWNER)
     store.commit("c:2", [])
     assert store.discard_pending()
     store.write_pending()

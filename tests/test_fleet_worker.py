@@ -230,15 +230,22 @@ def test_a_plain_celery_caller_gets_the_reply_as_the_task_result(fleet: Any) -> 
 
 def _dead_letters(running: Any, tag: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     """Headers of the dead-lettered messages carrying ``x-test-tag: tag``."""
+    return [headers for headers, _ in _dead_letter_messages(running, tag, count, timeout)]
+
+
+def _dead_letter_messages(
+    running: Any, tag: str, count: int, timeout: float = 60
+) -> list[tuple[dict[str, Any], bytes]]:
+    """(headers, body) of the dead-lettered messages carrying ``x-test-tag: tag``."""
     connection = pika.BlockingConnection(pika.URLParameters(pika_url(running.settings.broker_url)))
     channel = connection.channel()
-    found: list[dict[str, Any]] = []
+    found: list[tuple[dict[str, Any], bytes]] = []
     deadline = time.monotonic() + timeout
     queue = topology.dead_letter_queue(running.namespace)
     tags: list[tuple[int, bool]] = []
     try:  # fetch without acknowledging, so other tests' dead letters are not seen twice
         while len(found) < count and time.monotonic() < deadline:
-            method, properties, _ = channel.basic_get(queue)
+            method, properties, body = channel.basic_get(queue)
             if method is None:
                 time.sleep(0.05)
                 continue
@@ -246,7 +253,7 @@ def _dead_letters(running: Any, tag: str, count: int, timeout: float = 60) -> li
             mine = headers.get("x-test-tag") == tag
             tags.append((method.delivery_tag, mine))
             if mine:
-                found.append(headers)
+                found.append((headers, body))
         for delivery_tag, mine in tags:
             if mine:
                 channel.basic_ack(delivery_tag)
@@ -321,3 +328,61 @@ def test_a_moved_big_tensor_survives_a_kill_right_after_the_move(fleet: Any) -> 
     fleet.kill("alice")
     fleet.start("alice")
     assert torch.equal(x.get(), data)
+
+
+def test_compression_bombs_are_refused_before_they_inflate(fleet: Any, raw: RawClient) -> None:
+    """113 bytes of bzip2 that would inflate to 100 MiB: refused as they are, never inflated."""
+    import bz2
+    import zlib
+
+    tag = uuid.uuid4().hex
+    queue = topology.worker_queue("bob", fleet.namespace)
+    payload = msgpack.packb([[b"\x00" * (100 * 2**20)], {}, {}])
+    bombs = {
+        "application/x-bz2": bz2.compress(payload, 9),
+        "application/x-gzip": zlib.compress(payload, 9),
+    }
+    connection = pika.BlockingConnection(pika.URLParameters(pika_url(fleet.settings.broker_url)))
+    channel = connection.channel()
+    for compression, bomb in bombs.items():
+        headers = dict(task_message(b"", str(uuid.uuid4()), "test")[0])
+        headers.update({"compression": compression, "x-test-tag": tag})
+        channel.basic_publish(
+            "",
+            queue,
+            bomb,
+            pika.BasicProperties(
+                headers=headers, content_type="application/x-msgpack", content_encoding="binary"
+            ),
+        )
+    connection.close()
+    refused = _dead_letter_messages(fleet, tag, len(bombs))
+    assert sorted(body for _, body in refused) == sorted(bombs.values())  # as they came
+    for headers, _ in refused:
+        assert "compressed bodies are refused" in headers[topology.REASON_HEADER]
+    assert raw.call("bob", [[protocol.PING, 1]]) == [True]
+
+
+def test_a_worker_declares_no_queue_a_client_names(fleet: Any, raw: RawClient) -> None:
+    """send_to and replies to made-up names create nothing on the broker."""
+    obj = new_id()
+    raw.call("bob", [[protocol.STORE, obj, torch.ones(2), 1]])
+    ghosts = [f"ghost-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+    for number, ghost in enumerate(ghosts):
+        raw.send("bob", [[protocol.SEND_TO, obj, ghost, new_id(), 100 + number]])
+    errors = raw.replies(len(ghosts))
+    assert all(not ok and payload["type"] == "UnknownWorkerError" for _, ok, payload in errors)
+    # a reply address that is no reply queue gets nothing, and no queue appears
+    body = codec.encode(
+        protocol.envelope(next(_batches), raw.sender, "made.up.queue", [[protocol.PING, 1]])
+    )
+    raw.transport.publish("bob", body)
+    assert raw.call("bob", [[protocol.GET, Ref(obj), 2]])[0].tolist() == [1.0, 1.0]
+    connection = pika.BlockingConnection(pika.URLParameters(pika_url(fleet.settings.broker_url)))
+    try:
+        for name in [topology.worker_queue(g, fleet.namespace) for g in ghosts] + ["made.up.queue"]:
+            channel = connection.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+                channel.queue_declare(name, passive=True)
+    finally:
+        connection.close()

@@ -27,8 +27,5 @@ class Allowlist:
         except (KeyError, TypeError):
             raise ForbiddenOperationError(str(name), worker_id) from None
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._allowed
-
 
 DEFAULT_ALLOWLIST = Allowlist()

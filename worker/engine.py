@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,13 +29,21 @@ from broker.errors import (
     InvalidTensorForRemoteGet,
     MalformedMessageError,
     ObjectNotFoundError,
+    QuotaExceededError,
     TensorsNotCollocatedException,
     UnknownCommandError,
+    UnknownWorkerError,
     error_to_wire,
 )
+from broker.ops import is_inplace
 from broker.protocol import PointerRecord, Ref
+from broker.settings import get_settings
+from worker.access import ANONYMOUS, OPERATOR, Access, check
 from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
-from worker.store import ObjectStore
+from worker.limits import OpLimits
+from worker.store import ObjectStore, object_bytes
+
+log = logging.getLogger(__name__)
 
 #: (kind, address, body): kind "worker" -> address is a worker id; "reply" -> a reply_to
 Outgoing = tuple[str, str, codec.Body]
@@ -59,12 +68,20 @@ class _StoredFailure(Exception):
         self.error = error
 
 
-class _Forward(Exception):
-    """The op's arguments are pointers to another worker: the op must travel there."""
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a message reached the engine: options of the delivery, not of any command.
 
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location
+    ``principal``: who published it, as the transport authenticated them (the RabbitMQ
+    user in ``user_id``; the client's id in-process); a forwarded envelope's
+    ``on_behalf_of`` is believed only if the engine's ``trusts_forwarder`` says this
+    principal is the sending worker. ``first_delivery``: the transport knows this is the
+    message's first delivery straight from a client, so it cannot have been applied before
+    and the replay lookup is skipped.
+    """
+
+    principal: str = ANONYMOUS
+    first_delivery: bool = False
 
 
 #: command name -> length of the command list, name included
@@ -81,7 +98,9 @@ class Middleware:
     """Hooks around every message, as before/after pairs (dramatiq's middleware shape).
 
     They belong to the engine, not to Celery signals, so an in-process worker has
-    them too. Subclass and override what you need; a hook must not raise.
+    them too. Subclass and override what you need. ``after_message`` hooks run in the
+    reverse order of ``before_message`` hooks; a hook that raises is logged and skipped,
+    never allowed to break the message.
     """
 
     def before_message(self, worker_id: str, commands: int) -> None:
@@ -99,6 +118,8 @@ class MessageStats(Middleware):
         self.commands = 0
         self.errors = 0
         self.seconds = 0.0
+        #: command name -> how many ran (the engine counts them as it dispatches)
+        self.by_command: dict[str, int] = {}
 
     def after_message(self, worker_id: str, commands: int, seconds: float, errors: int) -> None:
         self.messages += 1
@@ -116,11 +137,22 @@ class Engine:
         store: ObjectStore | None = None,
         allowlist: Allowlist = DEFAULT_ALLOWLIST,
         middleware: Iterable[Middleware] = (),
+        limits: OpLimits | None = None,
+        is_worker: Callable[[str], bool] | None = None,
+        quota: int | None = None,
+        trusts_forwarder: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.store = store if store is not None else ObjectStore(worker_id)
         self.allowlist = allowlist
         self._allowed = allowlist.table
+        if limits is None:
+            settings = get_settings()
+            limits = OpLimits(worker_id, settings.max_object_bytes, settings.max_op_work)
+        self.limits = limits
+        #: whether a worker id names a worker of the fleet (default: every id does); data and
+        #: work are only ever sent to such workers
+        self.is_worker: Callable[[str], bool] = is_worker or (lambda worker_id: True)
         self.stats = MessageStats()
         self.middleware: list[Middleware] = [self.stats, *middleware]
         self._handlers: dict[str, Callable[..., None]] = {
@@ -147,9 +179,23 @@ class Engine:
         self._upstream_worker: str | None = None
         #: id forwarded to the next hop -> (id of our pointer to it, worker that forwarded to us)
         self._upstream: dict[int, tuple[int, str | None]] = {}
+        #: set while resolving an op's arguments when one names a stored pointer: the op must
+        #: then run where that pointer points (see :meth:`_op`)
+        self._pointer_location: str | None = None
+        #: who the message being run acts for (worker.access)
+        self._principal: str = ANONYMOUS
+        #: hosted datasets (worker.access.OPERATOR) among the current op's inputs
+        self._hosted_inputs: list[torch.Tensor] | None = None
+        #: bytes one principal may keep here (None: no quota)
+        self.quota: int | None = quota
+        #: (publisher principal, envelope sender) -> whether that publisher is that worker, so
+        #: its forwarded messages may act on behalf of another principal (default: trust)
+        self.trusts_forwarder: Callable[[str, str], bool] = trusts_forwarder or (
+            lambda principal, sender: True
+        )
 
     # ------------------------------------------------------------------ message level
-    def handle(self, body: codec.Body) -> HandleResult:
+    def handle(self, body: codec.Body, delivery: Delivery | None = None) -> HandleResult:
         """Run one envelope; MalformedMessageError if it is not one.
 
         The cyclic garbage collector is paused while a message runs: its thousands of
@@ -159,31 +205,45 @@ class Engine:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return self._handle(body)
+            return self._handle(body, delivery or Delivery())
         finally:
             if collecting:
                 gc.enable()
 
-    def _handle(self, body: codec.Body) -> HandleResult:
+    def _handle(self, body: codec.Body, delivery: Delivery) -> HandleResult:
         message = codec.decode(body)
         batch, sender, reply_to, commands = _validate_envelope(message)
-        self._upstream_worker = sender if message.get("forwarded") is True else None
+        forwarded = message.get("forwarded") is True
+        if forwarded:
+            if not self.trusts_forwarder(delivery.principal, sender):
+                raise MalformedMessageError(
+                    f"a forwarded message from {delivery.principal!r}, which is not worker "
+                    f"{sender!r} of the fleet"
+                )
+            on_behalf_of = message.get("on_behalf_of", delivery.principal)
+            if not isinstance(on_behalf_of, str) or not 0 < len(on_behalf_of) <= 256:
+                raise MalformedMessageError("on_behalf_of must be a principal's name")
+            self._principal = on_behalf_of
+        else:
+            self._principal = delivery.principal
+        self._upstream_worker = sender if forwarded else None
         batch_key = f"{sender}:{batch}"
-        replayed = self.store.replay(batch_key)
-        if replayed is not None:
-            return HandleResult(replayed)
+        if not delivery.first_delivery:
+            replayed = self.store.replay(batch_key)
+            if replayed is not None:
+                return HandleResult(replayed)
         self._replies, self._forwards, self._rejected = [], {}, None
         for middleware in self.middleware:
-            middleware.before_message(self.worker_id, len(commands))
+            _guarded(middleware.before_message, self.worker_id, len(commands))
         started = time.perf_counter()
         for command in commands:
             self._run(command)
         elapsed = time.perf_counter() - started
         errors = sum(1 for reply in self._replies if not reply[1])
-        for middleware in self.middleware:
-            middleware.after_message(self.worker_id, len(commands), elapsed, errors)
+        for middleware in reversed(self.middleware):
+            _guarded(middleware.after_message, self.worker_id, len(commands), elapsed, errors)
         outgoing: list[Outgoing] = []
-        for destination, forwarded in self._forwards.items():
+        for destination, forwarded_commands in self._forwards.items():
             forward_batch = derive_id(batch, f"{self.worker_id}>{destination}:{sender}")
             outgoing.append(
                 (
@@ -191,7 +251,12 @@ class Engine:
                     destination,
                     codec.encode(
                         protocol.envelope(
-                            forward_batch, self.worker_id, reply_to, forwarded, forwarded=True
+                            forward_batch,
+                            self.worker_id,
+                            reply_to,
+                            forwarded_commands,
+                            forwarded=True,
+                            on_behalf_of=self._principal,
                         )
                     ),
                 )
@@ -216,6 +281,8 @@ class Engine:
             self._fail(request, (), error, name)
             self._rejected = str(error)
             return
+        by_command = self.stats.by_command
+        by_command[name] = by_command.get(name, 0) + 1
         handler(*command[1:])
 
     def _reply(self, request: int | None, payload: Any) -> None:
@@ -228,21 +295,36 @@ class Engine:
         """Report an error, and mark the results the command would have made as failed."""
         wire = error.error if isinstance(error, _StoredFailure) else error_to_wire(error, command)
         for result_id in result_ids:
-            self.store.mark_failed(result_id, wire)
+            if self.store.owners.get(result_id, self._principal) == self._principal:
+                self.store.mark_failed(result_id, wire, self._principal)
         if result_ids and self._upstream_worker is not None:
             self._forward(self._upstream_worker, [protocol.FORWARD_FAILED, list(result_ids), wire])
         if request is not None or not isinstance(error, _StoredFailure):
             # an already-reported failure flowing into later results is not reported twice
             self._replies.append([request, False, wire])
 
+    def _check_destination(self, destination: str) -> None:
+        """Refuse, before anything moves, to send to an id that is not a worker of the fleet."""
+        if destination != self.worker_id and not self.is_worker(destination):
+            raise UnknownWorkerError(destination, self.worker_id)
+
     def _forward(self, destination: str, command: list[Any]) -> None:
+        """Queue ``command`` for ``destination`` (checked with :meth:`_check_destination`)."""
         if destination == self.worker_id:
             self._run(command)  # a pointer to ourselves: no need for a message
         else:
             self._forwards.setdefault(destination, []).append(command)
 
     # ------------------------------------------------------------------ lookups
-    def _lookup(self, obj_id: Any) -> Any:
+    def _lookup(self, obj_id: Any, access: Access = Access.USE) -> Any:
+        """The object ``obj_id``, if the message's principal may have ``access`` to it."""
+        owner = self.store.owners.get(obj_id) if type(obj_id) is int else None
+        if owner is not None and owner != self._principal:
+            check(owner, self._principal, access, obj_id, self.worker_id)
+            if owner == OPERATOR:  # hosted data: results must not alias it (see _unaliased)
+                hosted = self.store.objects.get(obj_id)
+                if isinstance(hosted, torch.Tensor):
+                    self._hosted_inputs = [*(self._hosted_inputs or ()), hosted]
         try:
             return self.store.objects[obj_id]
         except (KeyError, TypeError):
@@ -251,12 +333,19 @@ class Engine:
                 raise _StoredFailure(failure) from None
             raise ObjectNotFoundError(obj_id, self.worker_id) from None
 
+    def _check_free(self, obj_id: int) -> None:
+        """Refuse to store or compute under an id another principal holds."""
+        owner = self.store.owners.get(obj_id)
+        if owner is not None and owner != self._principal:
+            check(owner, self._principal, Access.CHANGE, obj_id, self.worker_id)
+
     def _resolve_ref(self, ref: Ref) -> Any:
         obj = self.store.objects.get(ref.id)
-        if obj is None:
-            obj = self._lookup(ref.id)  # raises the stored failure or ObjectNotFoundError
+        if obj is None or self.store.owners.get(ref.id) != self._principal:
+            obj = self._lookup(ref.id)  # checks access; raises a failure or ObjectNotFoundError
         if type(obj) is PointerRecord:
-            raise _Forward(obj.location)
+            self._pointer_location = obj.location  # the op must travel there: see _op
+            return obj
         if ref.attr is None:
             return obj
         value = getattr(obj, ref.attr)
@@ -323,7 +412,13 @@ class Engine:
                 protocol.STORE,
             )
             return
-        self.store.put(obj_id, obj)
+        try:
+            self._check_free(obj_id)
+            self._check_quota(object_bytes(obj))
+        except Exception as error:
+            self._fail(request, (), error, protocol.STORE)
+            return
+        self.store.put(obj_id, obj, self._principal)
         self._reply(request, True)
 
     def _op(
@@ -342,24 +437,32 @@ class Engine:
             self._rejected = str(error)
             return
         try:
-            try:
-                call_args = [
-                    self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg)
-                    for arg in args
-                ]
-                call_kwargs = self._resolve(kwargs) if kwargs else {}
-            except _Forward as forward:
+            self._pointer_location = None
+            self._hosted_inputs = None
+            for result_id in result_ids:
+                self._check_free(result_id)
+            if name in MUTATING_OPS or (kwargs and "out" in kwargs):
+                self._check_mutable(args, kwargs)
+            call_args = [
+                self._resolve_ref(arg) if type(arg) is Ref else self._resolve(arg) for arg in args
+            ]
+            call_kwargs = self._resolve(kwargs) if kwargs else {}
+            if self._pointer_location is not None:  # an argument is a pointer: forward the op
                 self._forward_op(
-                    name, args, kwargs, result_ids, grad_enabled, request, forward.location
+                    name, args, kwargs, result_ids, grad_enabled, request, self._pointer_location
                 )
                 return
-            if bool(grad_enabled) == torch.is_grad_enabled():
+            grad = bool(grad_enabled)
+            self._check_quota(self.limits.check(name, func, call_args, call_kwargs, grad))
+            if grad == torch.is_grad_enabled():
                 result = func(*call_args, **call_kwargs)
             else:
-                with torch.set_grad_enabled(bool(grad_enabled)):
+                with torch.set_grad_enabled(grad):
                     result = func(*call_args, **call_kwargs)
+            if self._hosted_inputs is not None:
+                result = _unaliased(result, self._hosted_inputs)
             if len(result_ids) == 1 and isinstance(result, torch.Tensor):
-                self.store.put(result_ids[0], result)  # the common case, kept short
+                self.store.put(result_ids[0], result, self._principal)  # the common case
             else:
                 self._keep_results(name, result, result_ids, args)
         except Exception as error:  # any torch error is reported to the client, not raised here
@@ -388,7 +491,7 @@ class Engine:
                 f"{len(result_ids)} tensor(s); call .get() to read values"
             )
         for result_id, output in zip(result_ids, outputs, strict=True):
-            self.store.put(result_id, output)
+            self.store.put(result_id, output, self._principal)
 
     def _forward_op(
         self,
@@ -400,11 +503,14 @@ class Engine:
         request: int | None,
         location: str,
     ) -> None:
+        self._check_destination(location)
         forwarded_args = self._rewrite_for_forward(args, location)
         forwarded_kwargs = self._rewrite_for_forward(kwargs, location) if kwargs else {}
         next_ids = [derive_id(result_id, self.worker_id) for result_id in result_ids]
         for result_id, next_id in zip(result_ids, next_ids, strict=True):
-            self.store.put(result_id, PointerRecord(location, next_id, True, (), "", False))
+            self.store.put(
+                result_id, PointerRecord(location, next_id, True, (), "", False), self._principal
+            )
             self._upstream[next_id] = (result_id, self._upstream_worker)
         self._forward(
             location,
@@ -415,13 +521,19 @@ class Engine:
         try:
             if type(ref) is not Ref:
                 raise MalformedMessageError("get takes a reference")
-            obj = self._lookup(ref.id)
+            obj = self._lookup(ref.id, Access.TAKE)
             if isinstance(obj, PointerRecord) and ref.attr is not None:
+                self._check_destination(obj.location)
                 self._forward(
                     obj.location, [protocol.GET, Ref(obj.id_at_location, ref.attr), request]
                 )
                 return
-            value = self._resolve_ref(ref) if ref.attr else obj
+            value = getattr(obj, ref.attr) if ref.attr else obj
+            if ref.attr and value is None:
+                raise RuntimeError(
+                    f"Object {ref.id} on {self.worker_id} has no .{ref.attr} yet (it is None): "
+                    "run backward() on a result that depends on it first."
+                )
             if ref.attr is None:
                 # ownership of the object (or of a pointer's target) passes to the caller
                 self.store.pop(ref.id)
@@ -433,10 +545,17 @@ class Engine:
         self._reply(request, value)
 
     def _delete(self, obj_id: int) -> None:
+        owner = self.store.owners.get(obj_id)
+        if owner is not None and owner != self._principal:
+            try:
+                check(owner, self._principal, Access.CHANGE, obj_id, self.worker_id)
+            except Exception as error:
+                self._fail(None, (), error, protocol.DELETE)
+                return
         obj = self.store.discard(obj_id)
         if isinstance(obj, PointerRecord):
             self._upstream.pop(obj.id_at_location, None)
-            if obj.owns:
+            if obj.owns and (obj.location == self.worker_id or self.is_worker(obj.location)):
                 self._forward(obj.location, [protocol.DELETE, obj.id_at_location])
 
     def _forward_failed(self, next_ids: Any, error: Any) -> None:
@@ -450,8 +569,12 @@ class Engine:
                 continue
             result_id, upstream_worker = upstream
             record = self.store.objects.get(result_id)
-            if isinstance(record, PointerRecord) and record.id_at_location == next_id:
-                self.store.mark_failed(result_id, error)
+            if (
+                isinstance(record, PointerRecord)
+                and record.id_at_location == next_id
+                and self.store.owners.get(result_id) == self._principal
+            ):
+                self.store.mark_failed(result_id, error, self._principal)
                 if upstream_worker is not None:
                     self._forward(upstream_worker, [protocol.FORWARD_FAILED, [result_id], error])
 
@@ -460,8 +583,9 @@ class Engine:
         try:
             if type(ref) is not Ref or attr not in ("grad", "data", "requires_grad"):
                 raise MalformedMessageError(f"cannot set attribute {attr!r}")
-            target = self._lookup(ref.id)
+            target = self._lookup(ref.id, Access.CHANGE)
             if isinstance(target, PointerRecord):
+                self._check_destination(target.location)
                 self._forward(
                     target.location,
                     [
@@ -483,7 +607,8 @@ class Engine:
         self, obj_id: int, destination: str, destination_id: int, request: int | None
     ) -> None:
         try:
-            obj = self._lookup(obj_id)
+            obj = self._lookup(obj_id, Access.TAKE)
+            self._check_destination(destination)
         except Exception as error:
             self._fail(request, (), error, protocol.SEND_TO)
             return
@@ -492,11 +617,12 @@ class Engine:
 
     def _remote_get(self, obj_id: int, request: int | None) -> None:
         try:
-            obj = self._lookup(obj_id)
+            obj = self._lookup(obj_id, Access.TAKE)
             if not isinstance(obj, PointerRecord):
                 raise InvalidTensorForRemoteGet(
                     f"the pointer to {self.worker_id}:{obj_id}", self.worker_id
                 )
+            self._check_destination(obj.location)
         except Exception as error:
             self._fail(request, (), error, protocol.REMOTE_GET)
             return
@@ -510,12 +636,17 @@ class Engine:
         from worker.plans import decode_plan
 
         try:
+            self._check_free(plan_id)
+        except Exception as error:
+            self._fail(request, (), error, protocol.PLAN)
+            return
+        try:
             plan = decode_plan(data, self.allowlist, self.worker_id)
         except Exception as error:
             self._fail(request, (), error, protocol.PLAN)
             self._rejected = f"plan refused: {error}"
             return
-        self.store.put(plan_id, plan)
+        self.store.put(plan_id, plan, self._principal)
         self._reply(request, True)
 
     def _run_plan(
@@ -534,9 +665,31 @@ class Engine:
             plan = self._lookup(plan_id)
             if not isinstance(plan, StoredPlan):
                 raise TypeError(f"object {plan_id} on {self.worker_id} is not a plan")
+            for result_id in result_ids:
+                self._check_free(result_id)
+            if plan.mutates_inputs:
+                self._check_mutable(args, {}, every=True)
+            self._pointer_location = None
+            self._hosted_inputs = None
             inputs = self._resolve(args)
-            with torch.set_grad_enabled(bool(grad_enabled)):
-                outputs = run_plan(plan, inputs)
+            if self._pointer_location is not None:
+                raise RuntimeError(
+                    "a plan runs where its inputs are: send the plan to the worker that holds "
+                    "the data (pointers to pointers cannot be plan inputs)"
+                )
+            grad = bool(grad_enabled)
+            limits = self.limits
+            made = 0
+
+            def check(name: str, func: Callable[..., Any], a: list[Any], k: dict[str, Any]) -> None:
+                nonlocal made
+                made += limits.check(name, func, a, k, grad)
+                self._check_quota(made)
+
+            with torch.set_grad_enabled(grad):
+                outputs = run_plan(plan, inputs, check)
+            if self._hosted_inputs is not None:
+                outputs = list(_unaliased(tuple(outputs), self._hosted_inputs))
             if plan.mutates_inputs:  # in-place changes must reach the durable copy too
                 for ref in self._refs(args):
                     self.store.touch(ref.id)
@@ -544,41 +697,89 @@ class Engine:
             self._keep_results(
                 "run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0], result_ids, args
             )
-        except _Forward:
-            self._fail(
-                request,
-                result_ids,
-                RuntimeError(
-                    "a plan runs where its inputs are: send the plan to the worker that holds the "
-                    "data (pointers to pointers cannot be plan inputs)"
-                ),
-                command,
-            )
-            return
         except Exception as error:
             self._fail(request, result_ids, error, command)
             return
         if request is not None:
             self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])
 
+    def _own_ids(self) -> list[int]:
+        owners, principal = self.store.owners, self._principal
+        return [key for key in self.store.objects if owners.get(key) == principal]
+
     def _objects(self, request: int | None) -> None:
+        """The caller's own objects (a display: plans show as their repr)."""
+        objects = self.store.objects
         self._reply(
             request,
             {
                 key: obj if isinstance(obj, torch.Tensor | PointerRecord) else repr(obj)
-                for key, obj in self.store.objects.items()
+                for key in self._own_ids()
+                for obj in (objects[key],)
             },
         )
 
     def _count(self, request: int | None) -> None:
-        self._reply(request, len(self.store.objects))
+        self._reply(request, len(self._own_ids()))
 
     def _clear(self, request: int | None) -> None:
-        self.store.clear()
+        """Forget the caller's own objects (nobody else's)."""
+        self.store.clear(self._principal)
         self._reply(request, True)
+
+    # ------------------------------------------------------------------ access helpers
+    def _check_mutable(self, args: Any, kwargs: dict[str, Any], every: bool = False) -> None:
+        """An op changes its first argument (or ``out=``, or every input): CHANGE access."""
+        targets: list[Any] = list(self._refs(args)) if every else list(self._refs(args[:1]))
+        if kwargs and "out" in kwargs:
+            targets.extend(self._refs(kwargs["out"]))
+        for ref in targets:
+            owner = self.store.owners.get(ref.id)
+            if owner is not None and owner != self._principal:
+                check(owner, self._principal, Access.CHANGE, ref.id, self.worker_id)
+
+    def _check_quota(self, new_bytes: int) -> None:
+        """Refuse a command that would make its principal keep more than the quota here."""
+        if self.quota is None or not new_bytes:
+            return
+        used = self.store.usage.get(self._principal, 0)
+        if used + new_bytes > self.quota:
+            raise QuotaExceededError(self._principal, self.worker_id, used + new_bytes, self.quota)
 
     def _ping(self, request: int | None) -> None:
         self._reply(request, True)
+
+
+#: ops that change a tensor they are given (in-place ops, item assignment): CHANGE access
+MUTATING_OPS = frozenset(
+    name for name in DEFAULT_ALLOWLIST.table if is_inplace(name) and name != "Tensor.backward"
+) | {"Tensor.__setitem__"}
+
+
+def _unaliased(result: Any, hosted: list[torch.Tensor]) -> Any:
+    """``result`` with every tensor that shares memory with hosted data replaced by a copy.
+
+    A view of a hosted dataset (``data[0:10]``, ``data.view(-1)``) would let its new owner
+    change the operator's data in place; a copy cannot.
+    """
+    storages = {tensor.untyped_storage().data_ptr() for tensor in hosted}
+
+    def copy(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in storages:
+            return value.clone()
+        if type(value) is tuple or type(value) is list:
+            return type(value)(copy(item) for item in value)
+        return value
+
+    return copy(result)
+
+
+def _guarded(hook: Callable[..., None], *args: Any) -> None:
+    """Run a middleware hook; an error in it is logged, never raised into the engine."""
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("middleware hook %s failed; the message goes on", hook)
 
 
 def _describe(obj: Any) -> list[Any] | None:

@@ -19,6 +19,9 @@ key                                               type    value
 ``tensorfleet:<worker>:failures``                 hash    object id -> msgpack ``{type, message,
                                                           command}`` of the command that failed to
                                                           create it
+``tensorfleet:<worker>:owners``                   hash    object or failure id -> the principal that
+                                                          owns it (a RabbitMQ user, or ``@operator``
+                                                          for datasets the worker's operator hosts)
 ``tensorfleet:<worker>:batch:<sender>:<batch>``   string  msgpack list of the outgoing messages
                                                           ``[kind, address, body]`` of an applied
                                                           batch, for replay on redelivery; expires
@@ -48,6 +51,11 @@ def tensor_parts(namespace: str, worker_id: str, obj_id: int) -> str:
 def failures(namespace: str, worker_id: str) -> str:
     """Hash of failure markers of pipelined commands."""
     return f"{_prefix(namespace, worker_id)}:failures"
+
+
+def owners(namespace: str, worker_id: str) -> str:
+    """Hash of the owner (principal) of every object and failure marker."""
+    return f"{_prefix(namespace, worker_id)}:owners"
 
 
 def batch(namespace: str, worker_id: str, batch_key: str) -> str:

@@ -1,26 +1,11 @@
-"""Plans on the worker: a traced op list, checked on arrival, kept as data, replayed on inputs.
+"""Plans on the worker: checked on arrival, kept as data, replayed on inputs.
 
-A plan arrives as plain msgpack data (never pickle, never Python source)::
-
-    {"version": 1,
-     "name": "calcu",                      # for display only
-     "inputs": 2,                          # slots 0 .. inputs-1 are the call's tensors
-     "state": [<tensor>, ...],             # slots inputs .. inputs+len(state)-1 (parameters)
-     "ops": [[wire_name, args, kwargs, outs], ...],
-     "outputs": [slot, ...]}               # what a call returns, in order
-
-``args`` and ``kwargs`` are wire values in which :class:`broker.protocol.Slot`
-markers (their own msgpack extension type) stand for tensors. ``outs`` has one
-entry per tensor the op returns (``[]`` when it returns None): the next free
-slot, or None for a result the plan does not keep (an in-place op returns its
-input). Slots are assigned in order, so a plan is checked in one pass:
-every op name resolves through the worker's allowlist, every slot is defined
-before it is read, every state entry is a tensor. Anything else is refused with
-:class:`~broker.errors.MalformedMessageError` or
-:class:`~broker.errors.ForbiddenOperationError` before the plan is stored.
-
-A call binds the inputs, runs the ops and returns the output tensors; the
-intermediates live only inside :func:`run_plan`, so nothing is left behind.
+The wire format and its structural checks are in :mod:`broker.plan_format`; here
+every op name is resolved through the worker's allowlist (anything else is
+refused with :class:`~broker.errors.ForbiddenOperationError` before the plan is
+stored), and a call binds the inputs, runs the ops and returns the output
+tensors. The intermediates live only inside :func:`run_plan`, so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -30,16 +15,10 @@ from typing import Any
 
 import torch
 
-from broker.errors import MalformedMessageError
 from broker.ops import is_inplace
-from broker.protocol import PointerRecord, Ref, Slot, bind_slots
+from broker.plan_format import parse_plan
+from broker.protocol import Slot, bind_slots
 from worker.allowlist import Allowlist
-
-PLAN_VERSION = 1
-#: the most ops a plan may hold (a bound on the work one message can ask for)
-MAX_OPS = 100_000
-_KEYS = {"version", "name", "inputs", "state", "ops", "outputs"}
-_SCALARS = (bool, int, float, str, complex, torch.dtype, torch.memory_format, torch.device)
 
 
 class _Op:
@@ -114,97 +93,32 @@ def _has_slot(value: Any) -> bool:
     return False
 
 
-def _malformed(reason: str) -> MalformedMessageError:
-    return MalformedMessageError(f"plan refused: {reason}")
-
-
-def _check_value(value: Any, defined: int, where: str) -> None:
-    """Refuse anything in op arguments but plain data and slots already defined."""
-    kind = type(value)
-    if kind is Slot:
-        if value.index >= defined:
-            raise _malformed(
-                f"{where} reads slot {value.index}, which is not defined yet "
-                f"(slots 0..{defined - 1} are)"
-            )
-    elif kind is list or kind is tuple:
-        for item in value:
-            _check_value(item, defined, where)
-    elif kind is dict:
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _malformed(f"{where} has a non-string keyword")
-            _check_value(item, defined, where)
-    elif value is None or value is Ellipsis or isinstance(value, _SCALARS):
-        pass
-    elif kind is slice:
-        _check_value([value.start, value.stop, value.step], defined, where)
-    elif isinstance(value, Ref | PointerRecord):
-        raise _malformed(f"{where} names a stored object; plans take their tensors as inputs")
-    elif isinstance(value, torch.Tensor):
-        raise _malformed(f"{where} holds a tensor; a plan's tensors travel in its state")
-    else:
-        raise _malformed(f"{where} holds a {kind.__name__}")
-
-
 def decode_plan(data: Any, allowlist: Allowlist, worker_id: str) -> StoredPlan:
     """Check plan data completely and turn it into a runnable :class:`StoredPlan`.
 
     Raises MalformedMessageError for anything but a well-formed plan, and
     ForbiddenOperationError (naming the op) for an op outside ``allowlist``.
     """
-    if not isinstance(data, dict):
-        raise _malformed("plan data is not a map")
-    if set(data) != _KEYS:
-        raise _malformed(
-            f"plan data needs exactly the keys {sorted(_KEYS)}, not {sorted(map(str, data))}"
-        )
-    if data["version"] != PLAN_VERSION:
-        raise _malformed(f"unsupported plan version {data['version']!r}")
-    name, inputs, state = data["name"], data["inputs"], data["state"]
-    ops, outputs = data["ops"], data["outputs"]
-    if not isinstance(name, str):
-        raise _malformed("the name must be a string")
-    if type(inputs) is not int or inputs < 0:
-        raise _malformed("inputs must be a count (an int >= 0)")
-    if not isinstance(state, list) or not all(isinstance(t, torch.Tensor) for t in state):
-        raise _malformed("state must be a list of tensors")
-    if not isinstance(ops, list) or len(ops) > MAX_OPS:
-        raise _malformed(f"ops must be a list of at most {MAX_OPS} ops")
-    defined = inputs + len(state)
-    checked: list[_Op] = []
-    for position, op in enumerate(ops):
-        where = f"op {position}"
-        if not isinstance(op, list) or len(op) != 4:
-            raise _malformed(f"{where} is not [name, args, kwargs, outs]")
-        op_name, args, kwargs, outs = op
-        if not isinstance(op_name, str):
-            raise _malformed(f"{where} has no name")
-        func = allowlist.resolve(op_name, worker_id)  # ForbiddenOperationError, by name
-        where = f"op {position} ({op_name})"
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise _malformed(f"{where}: args must be a list and kwargs a map")
-        _check_value(args, defined, where)
-        _check_value(kwargs, defined, where)
-        if not isinstance(outs, list):
-            raise _malformed(f"{where}: outs must be a list")
-        for out in outs:
-            if out is None:
-                continue
-            if type(out) is not int or out != defined:
-                raise _malformed(f"{where} writes slot {out!r}; the next free slot is {defined}")
-            defined += 1
-        checked.append(_Op(op_name, func, args, kwargs, outs))
-    if not isinstance(outputs, list) or not outputs:
-        raise _malformed("outputs must be a non-empty list of slots")
-    for out in outputs:
-        if type(out) is not int or not 0 <= out < defined:
-            raise _malformed(f"output slot {out!r} is not defined (slots 0..{defined - 1} are)")
-    return StoredPlan(data, name, inputs, list(state), checked, list(outputs))
+    parsed = parse_plan(data)
+    checked = [
+        _Op(op.name, allowlist.resolve(op.name, worker_id), op.args, op.kwargs, op.outs)
+        for op in parsed.ops
+    ]
+    return StoredPlan(data, parsed.name, parsed.inputs, parsed.state, checked, parsed.outputs)
 
 
-def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
-    """Run ``plan`` on ``inputs`` (tensors); returns its output tensors."""
+#: checks one op before it runs: (wire name, callable, args, kwargs); raises to refuse it
+OpCheck = Callable[[str, Callable[..., Any], list[Any], dict[str, Any]], None]
+
+
+def run_plan(
+    plan: StoredPlan, inputs: list[Any], check: OpCheck | None = None
+) -> list[torch.Tensor]:
+    """Run ``plan`` on ``inputs`` (tensors); returns its output tensors.
+
+    ``check`` sees every op with its bound arguments before it runs (the worker's per-op
+    limits, :mod:`worker.limits`): sizes depend on the inputs, so they are checked per call.
+    """
     if len(inputs) != plan.inputs:
         raise TypeError(
             f"the plan {plan.name} takes {plan.inputs} tensor(s), {len(inputs)} were given"
@@ -221,9 +135,12 @@ def run_plan(plan: StoredPlan, inputs: list[Any]) -> list[torch.Tensor]:
             args = list(op.args)
             for position, index in op.flat:
                 args[position] = slots[index]
-            result = op.func(*args, **op.kwargs)
+            kwargs = op.kwargs
         else:
-            result = op.func(*bind_slots(op.args, slots), **bind_slots(op.kwargs, slots))
+            args, kwargs = bind_slots(op.args, slots), bind_slots(op.kwargs, slots)
+        if check is not None:
+            check(op.name, op.func, args, kwargs)
+        result = op.func(*args, **kwargs)
         outs = op.outs
         if not outs:
             continue

@@ -29,10 +29,13 @@ from redis.connection import Encoder, PythonRespSerializer  # type: ignore[attr-
 from redis.retry import Retry
 
 from broker import codec
-from broker.errors import MalformedMessageError, TensorFleetError
+from broker.errors import MalformedMessageError, StoreUnavailableError
 from broker.protocol import PointerRecord
 from worker import keys
 from worker.store import ObjectStore
+
+#: the owner of an object persisted before objects had owners
+UNOWNED = "@unowned"
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,9 @@ REPLAY_LIMIT = 32 * 1024 * 1024
 Outgoing = tuple[str, str, codec.Body]
 
 
-class StoreUnavailableError(TensorFleetError):
-    """Redis could not be reached or refused a write; the message will be redelivered."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(
-            f"The worker cannot write its objects to Redis at {url}: {reason}. Start Redis "
-            "(or point TENSORFLEET_REDIS_URL at a running one); the message is redelivered."
-        )
+def connect_probe(url: str) -> redis.Redis:
+    """A Redis client that fails at once (no retries, half-second timeouts): for probes."""
+    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
 
 
 def connect(url: str) -> redis.Redis:
@@ -77,6 +75,27 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
+class _HashChanges:
+    """The fields to set and to delete in one Redis hash, applied to a pipeline at once."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.sets: dict[str, bytes] = {}
+        self.drops: list[str] = []
+
+    def set(self, field: str, value: bytes) -> None:
+        self.sets[field] = value
+
+    def drop(self, field: str) -> None:
+        self.drops.append(field)
+
+    def apply(self, pipe: Any) -> None:
+        if self.sets:
+            pipe.hset(self.key, mapping=self.sets)
+        if self.drops:
+            pipe.hdel(self.key, *self.drops)
+
+
 class RedisObjectStore(ObjectStore):
     """An :class:`ObjectStore` that persists every object of ``worker_id`` under ``namespace``."""
 
@@ -94,26 +113,22 @@ class RedisObjectStore(ObjectStore):
         self.namespace = namespace
         self.part_bytes = part_bytes
         self.batch_ttl = batch_ttl
-        self._url = str(client.connection_pool.connection_kwargs.get("host", "redis"))
+        kwargs = client.connection_pool.connection_kwargs
+        self._url = f"{kwargs.get('host', 'redis')}:{kwargs.get('port', 6379)}"
         self._objects_key = keys.objects(namespace, worker_id)
         self._failures_key = keys.failures(namespace, worker_id)
+        self._owners_key = keys.owners(namespace, worker_id)
         #: ids changed since the last commit
         self._dirty: set[int] = set()
         self._cleared = False
         #: what Redis holds per id: b"o" (objects hash), b"L" (objects hash + parts), b"f"
         self._persisted: dict[int, bytes] = {}
-        #: set by the caller for a message delivered for the first time straight from a
-        #: client: it cannot have been applied before, so :meth:`replay` skips Redis
-        self.first_delivery = False
-        #: when set, :meth:`commit` only remembers what to write, and :meth:`write_pending`
-        #: writes it: the caller publishes a message's outgoing messages in between
-        self.defer_commits = False
         self._tensor_bytes = 0
         self._pending: tuple[str, list[Outgoing]] | None = None
 
     # -- mutations: note the id, then do what the in-memory store does --------------------
-    def put(self, obj_id: int, obj: Any) -> None:
-        super().put(obj_id, obj)
+    def put(self, obj_id: int, obj: Any, owner: str) -> None:
+        super().put(obj_id, obj, owner)
         self._dirty.add(obj_id)
 
     def pop(self, obj_id: int) -> Any:
@@ -126,13 +141,17 @@ class RedisObjectStore(ObjectStore):
         return super().discard(obj_id)
 
     def touch(self, obj_id: int) -> None:
+        super().touch(obj_id)
         self._dirty.add(obj_id)
 
-    def mark_failed(self, obj_id: int, error: dict[str, str]) -> None:
-        super().mark_failed(obj_id, error)
+    def mark_failed(self, obj_id: int, error: dict[str, str], owner: str) -> None:
+        super().mark_failed(obj_id, error, owner)
         self._dirty.add(obj_id)
 
-    def clear(self) -> None:
+    def clear(self, owner: str | None = None) -> None:
+        if owner is not None:
+            super().clear(owner)  # discards one by one: each id is written through
+            return
         super().clear()
         self._dirty.clear()
         self._cleared = True
@@ -140,8 +159,6 @@ class RedisObjectStore(ObjectStore):
     # -- one message at a time -------------------------------------------------------------
     def replay(self, batch_key: str) -> list[Outgoing] | None:
         """The outgoing messages of ``batch_key`` if it was applied already, else None."""
-        if self.first_delivery:
-            return None
         data = self._call(self.redis.get, keys.batch(self.namespace, self.worker_id, batch_key))
         if data is None:
             return None
@@ -151,21 +168,19 @@ class RedisObjectStore(ObjectStore):
         ]
 
     def commit(self, batch_key: str, outgoing: list[Outgoing]) -> None:
-        """Write what changed and the batch marker in one MULTI/EXEC transaction.
+        """Remember what this message changed, to be written by :meth:`write_pending`.
 
-        A message that changed nothing writes nothing: running it again (after a
-        redelivery) gives the same outgoing messages, so it needs no marker. With
-        :attr:`defer_commits` set, the write waits for :meth:`write_pending`.
+        Nothing is written here: the worker's runtime (:mod:`worker.runtime`) publishes the
+        message's outgoing messages first and then writes the commit, now or from a
+        background thread (:meth:`take_pending`). A message that changed nothing has no
+        commit: running it again (after a redelivery) gives the same outgoing messages, so
+        it needs no marker.
         """
-        if not self._dirty and not self._cleared:
-            return
-        if self.defer_commits:
+        if self._dirty or self._cleared:
             self._pending = (batch_key, outgoing)
-            return
-        self._write(batch_key, outgoing)
 
     def write_pending(self) -> None:
-        """Write the commit :meth:`commit` deferred, if any."""
+        """Write the pending commit, if any, in one MULTI/EXEC transaction."""
         pending, self._pending = self._pending, None
         if pending is not None:
             self._write(*pending)
@@ -202,6 +217,7 @@ class RedisObjectStore(ObjectStore):
             pipe.delete(
                 self._objects_key,
                 self._failures_key,
+                self._owners_key,
                 *(
                     keys.tensor_parts(self.namespace, self.worker_id, obj_id)
                     for obj_id, kind in persisted.items()
@@ -209,12 +225,18 @@ class RedisObjectStore(ObjectStore):
                 ),
             )
             persisted.clear()
-        records: dict[str, bytes] = {}
-        failures: dict[str, bytes] = {}
-        drop_records: list[str] = []
-        drop_failures: list[str] = []
+        records, failures, owners = (
+            _HashChanges(self._objects_key),
+            _HashChanges(self._failures_key),
+            _HashChanges(self._owners_key),
+        )
         for obj_id in self._dirty:
             field = str(obj_id)
+            owner = self.owners.get(obj_id)
+            if owner is None:
+                owners.drop(field)
+            else:
+                owners.set(field, owner.encode())
             before = persisted.get(obj_id)
             if before == _LARGE:
                 pipe.delete(keys.tensor_parts(self.namespace, self.worker_id, obj_id))
@@ -223,28 +245,22 @@ class RedisObjectStore(ObjectStore):
                 if record is None:
                     persisted.pop(obj_id, None)
                     if before in (b"o", _LARGE):
-                        drop_records.append(field)
+                        records.drop(field)
                 else:
-                    records[field] = record
+                    records.set(field, record)
                     persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
                 if before == b"f":
-                    drop_failures.append(field)
+                    failures.drop(field)
             elif obj_id in self.failures:
-                failures[field] = msgpack.packb(self.failures[obj_id], use_bin_type=True)
+                failures.set(field, msgpack.packb(self.failures[obj_id], use_bin_type=True))
                 persisted[obj_id] = b"f"
                 if before in (b"o", _LARGE):
-                    drop_records.append(field)
+                    records.drop(field)
             elif before is not None:
                 persisted.pop(obj_id)
-                (drop_failures if before == b"f" else drop_records).append(field)
-        if records:
-            pipe.hset(self._objects_key, mapping=records)  # type: ignore[arg-type]
-        if failures:
-            pipe.hset(self._failures_key, mapping=failures)  # type: ignore[arg-type]
-        if drop_records:
-            pipe.hdel(self._objects_key, *drop_records)
-        if drop_failures:
-            pipe.hdel(self._failures_key, *drop_failures)
+                (failures if before == b"f" else records).drop(field)
+        for changes in (records, failures, owners):
+            changes.apply(pipe)
         marker = outgoing if sum(len(body) for _, _, body in outgoing) <= REPLAY_LIMIT else []
         pipe.set(
             keys.batch(self.namespace, self.worker_id, batch_key),
@@ -293,14 +309,22 @@ class RedisObjectStore(ObjectStore):
             )
             return None
 
+    # -- health ----------------------------------------------------------------------------
+    def ping(self, client: redis.Redis | None = None) -> None:
+        """Raise StoreUnavailableError unless Redis answers (through ``client`` if given)."""
+        self._call((client or self.redis).ping)
+
     # -- start-up --------------------------------------------------------------------------
     def load(self) -> int:
         """Replace the in-memory objects with what Redis holds; returns how many were loaded."""
-        self.objects.clear()
-        self.failures.clear()
+        ObjectStore.clear(self)
         self._persisted.clear()
         self._dirty.clear()
         self._cleared = False
+        owners = {
+            int(field): owner.decode(errors="replace")
+            for field, owner in self._call(self.redis.hgetall, self._owners_key).items()
+        }
         records = self._call(self.redis.hgetall, self._objects_key)
         for field, record in records.items():
             obj_id = int(field)
@@ -311,10 +335,11 @@ class RedisObjectStore(ObjectStore):
                     "object %s of %s cannot be loaded (%s); skipped", obj_id, self.worker_id, error
                 )
                 continue
-            self.objects[obj_id] = obj
+            ObjectStore.put(self, obj_id, obj, owners.get(obj_id, UNOWNED))
             self._persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
         for field, data in self._call(self.redis.hgetall, self._failures_key).items():
             self.failures[int(field)] = msgpack.unpackb(data, raw=False)
+            self.owners[int(field)] = owners.get(int(field), UNOWNED)
             self._persisted[int(field)] = b"f"
         return len(self.objects)
 
@@ -341,4 +366,6 @@ class RedisObjectStore(ObjectStore):
         try:
             return function(*args)
         except redis.exceptions.RedisError as error:
-            raise StoreUnavailableError(self._url, f"{type(error).__name__}: {error}") from None
+            raise StoreUnavailableError(
+                self.worker_id, self._url, f"{type(error).__name__}: {error}"
+            ) from None

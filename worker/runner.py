@@ -37,8 +37,9 @@ def worker_argv(worker_id: str, namespace: str, loglevel: str = "INFO") -> list[
         f"{worker_id}.{namespace}@%h",
         "--loglevel",
         loglevel,
-        # gossip and mingle only add start-up delay and broadcast traffic to a solo
-        # worker that shares nothing with its peers; heartbeats stay on (floors.md).
+        # gossip and mingle only add start-up delay and broadcast traffic to a solo worker
+        # that shares nothing with its peers; heartbeats stay on (without them a solo
+        # worker was seen to stall on a backlog).
         "--without-gossip",
         "--without-mingle",
     ]
@@ -57,13 +58,20 @@ def run_worker(worker_id: str, loglevel: str = "INFO") -> None:
 
 
 def run_fleet(worker_ids: Sequence[str], loglevel: str = "INFO") -> int:
-    """Run one worker process per id; SIGTERM/Ctrl-C (or one dying) stops all. Exit status."""
-    namespace = get_settings().namespace
+    """Run one worker process per id; SIGTERM/Ctrl-C (or one dying) stops all. Exit status.
+
+    With TENSORFLEET_METRICS_PORT set, the workers serve metrics on that port and the
+    ones after it, in the order given.
+    """
+    settings = get_settings()
     for worker_id in worker_ids:
-        topology.worker_queue(worker_id, namespace)
-    processes = [
-        start_worker_process(worker_id, loglevel=loglevel, quiet=False) for worker_id in worker_ids
-    ]
+        topology.worker_queue(worker_id, settings.namespace)
+    processes = []
+    for number, worker_id in enumerate(worker_ids):
+        env = None
+        if settings.metrics_port:  # one port each: TENSORFLEET_METRICS_PORT, +1, +2, ...
+            env = {**os.environ, "TENSORFLEET_METRICS_PORT": str(settings.metrics_port + number)}
+        processes.append(start_worker_process(worker_id, env, loglevel=loglevel, quiet=False))
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -1,11 +1,16 @@
-"""Local shape inference: what an op on pointers returns, without asking the worker.
+"""Shape inference on meta tensors: what an op returns, without running it on data.
 
 Running an op on ``meta`` tensors gives the result's shape, dtype and
 requires_grad but costs ~130 µs; a pipelined op must cost a few µs. So results
 are cached by op and *signature*: the inputs' (shape, dtype, requires_grad), the
 non-tensor arguments, and the grad mode. An op meta tensors cannot run (a
-data-dependent shape, a bad argument) returns None and the caller asks the
-worker instead, which also surfaces the real error.
+data-dependent shape, a bad argument) returns None.
+
+Both sides use it: the client to give a pipelined op's result pointer its shape
+without a round trip (an op it cannot infer is asked of the worker, which also
+surfaces the real error), and the worker to know an op's result size and work
+before it runs (:mod:`worker.limits`). The cache key is built in one place,
+:func:`arg_key`, so the client's hot path and :meth:`ShapeCache.infer` agree.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ class Inferred:
 
 class _Unhashable(Exception):
     pass
+
+
+def arg_key(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
+    """The cache-key part of one argument: its Meta for a tensor, else a hashable stand-in."""
+    meta = meta_of(value)
+    return meta if meta is not None else _key_of(value, meta_of)
 
 
 def _key_of(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
@@ -76,13 +87,7 @@ class ShapeCache:
         ``meta_of`` gives a pointer's Meta, or None for anything that is not a pointer.
         """
         try:
-            parts: list[Any] = [func, grad]
-            for arg in args:  # flat fast path: most ops take pointers and scalars
-                meta = meta_of(arg)
-                parts.append(meta if meta is not None else _key_of(arg, meta_of))
-            if kwargs:
-                parts.append(_key_of(kwargs, meta_of))
-            key = tuple(parts)
+            key = self.key(func, grad, args, kwargs, meta_of)
         except _Unhashable:
             return _run_on_meta(func, args, kwargs, meta_of, grad)
         try:
@@ -96,8 +101,28 @@ class ShapeCache:
             self._cache[key] = inferred
         return inferred
 
+    @staticmethod
+    def key(
+        func: Callable[..., Any],
+        grad: bool,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any],
+        meta_of: Callable[[Any], Meta | None],
+    ) -> tuple[Any, ...]:
+        """The cache key of a call: ``(func, grad, *arg_keys[, kwargs_key])``.
+
+        The client's hot path builds the same key inline for pointers and plain numbers;
+        ``tests/test_meta.py`` checks that the two agree.
+        """
+        parts: list[Any] = [func, grad]
+        for arg in args:
+            parts.append(arg_key(arg, meta_of))
+        if kwargs:
+            parts.append(_key_of(kwargs, meta_of))
+        return tuple(parts)
+
     def cached(self, key: tuple[Any, ...]) -> Inferred | None:
-        """A cached result by its key, ``(func, grad, *arg_keys)`` as :meth:`infer` builds it."""
+        """A cached result by its key, as :meth:`key` builds it."""
         return self._cache.get(key)
 
 
@@ -114,6 +139,40 @@ def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
     return value
 
 
+def meta_failure(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    meta_of: Callable[[Any], Meta | None],
+    grad: bool,
+) -> Exception | None:
+    """Why ``func`` cannot run on meta tensors for these arguments (None if it can)."""
+    try:
+        _call_on_meta(func, args, kwargs, meta_of, grad)
+    except Exception as error:
+        return error
+    return None
+
+
+def _call_on_meta(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    meta_of: Callable[[Any], Meta | None],
+    grad: bool,
+) -> Any:
+    """``func`` called with every tensor argument replaced by a meta tensor of its Meta."""
+    meta_args = _to_meta(args, meta_of)
+    meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
+    with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
+        return func(*meta_args, **meta_kwargs)
+
+
+def is_data_dependent(error: Exception) -> bool:
+    """Whether a meta-tensor failure means the result depends on the data (not a bad call)."""
+    return isinstance(error, NotImplementedError) or "meta" in str(error)
+
+
 def _run_on_meta(
     func: Callable[..., Any],
     args: tuple[Any, ...],
@@ -122,10 +181,7 @@ def _run_on_meta(
     grad: bool,
 ) -> Inferred | None:
     try:
-        meta_args = _to_meta(args, meta_of)
-        meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
-        with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
-            result = func(*meta_args, **meta_kwargs)
+        result = _call_on_meta(func, args, kwargs, meta_of, grad)
     except Exception:  # meta kernels are missing or the call is invalid: the worker will tell
         return None
     if result is None:

@@ -1,0 +1,173 @@
+"""Per-op limits: an op's result size and work are known, and bounded, before it runs.
+
+A 200-byte command can ask for 2·10^10 elements (``x.repeat(100000, 200000)``)
+and hold a worker for seconds, or make a result bigger than anything the worker
+may keep. So before an op runs, its results are inferred on meta tensors
+(:mod:`broker.meta`, cached by op signature: a cache hit costs about a
+microsecond) and checked against two settings:
+
+* ``TENSORFLEET_MAX_OBJECT_BYTES``: the bytes of the op's results;
+* ``TENSORFLEET_MAX_OP_WORK``: its work, counted as the elements it reads and
+  writes, and for contractions (matmul, linear, conv, einsum...) the multiply-adds
+  (the output's elements times the contracted size).
+
+An op whose results meta tensors cannot describe because they depend on the data
+(``F.one_hot`` without ``num_classes``) is refused unless its results are bounded
+by its inputs (:data:`INPUT_BOUNDED`): its size cannot be known before it runs.
+An op that fails on meta tensors because the call itself is wrong (mismatched
+shapes, an index out of range) is let through: it raises its real error at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from broker.errors import OperationTooLargeError, UnboundedOperationError
+from broker.meta import Meta, ShapeCache, is_data_dependent, meta_failure
+
+#: ops whose data-dependent results are never bigger than their inputs times their rank
+INPUT_BOUNDED = frozenset({"torch.where"})
+
+#: ops whose work is the output's elements times a contracted size, by how to find it
+_CONTRACTIONS: dict[str, str] = {
+    **{
+        name: "last_dim_of_first"
+        for name in (
+            "torch.mm",
+            "torch.matmul",
+            "torch.bmm",
+            "torch.mv",
+            "torch.dot",
+            "Tensor.mm",
+            "Tensor.matmul",
+            "Tensor.bmm",
+            "Tensor.mv",
+            "Tensor.dot",
+            "Tensor.__matmul__",
+            "Tensor.__rmatmul__",
+            "torch.outer",
+            "Tensor.outer",
+        )
+    },
+    **{name: "last_dim_of_second" for name in ("torch.addmm", "Tensor.addmm")},
+    **{
+        name: "weight_fan_in"
+        for name in ("torch.nn.functional.linear", "torch.nn.functional.bilinear")
+    },
+    **{
+        name: "weight_fan_in"
+        for name in (
+            "torch.nn.functional.conv1d",
+            "torch.nn.functional.conv2d",
+            "torch.conv1d",
+            "torch.conv2d",
+        )
+    },
+    **{
+        name: "largest_input"
+        for name in ("torch.einsum", "torch.tensordot", "torch.cdist", "torch.trace")
+    },
+}
+
+
+def _meta_of(value: Any) -> Meta | None:
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.requires_grad)
+    return None
+
+
+def _tensors(values: Iterable[Any]) -> Iterable[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif type(value) is list or type(value) is tuple:
+            yield from _tensors(value)
+        elif type(value) is dict:
+            yield from _tensors(value.values())
+
+
+class OpLimits:
+    """Checks one op at a time against the worker's limits; see the module docstring."""
+
+    def __init__(self, worker_id: str, max_result_bytes: int, max_work: int) -> None:
+        self.worker_id = worker_id
+        self.max_result_bytes = max_result_bytes
+        self.max_work = max_work
+        self._shapes = ShapeCache()
+
+    def check(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        grad: bool,
+    ) -> int:
+        """Raise if ``func(*args, **kwargs)`` would exceed a limit; else its result bytes."""
+        inputs = list(_tensors(args))
+        if kwargs:
+            inputs.extend(_tensors(kwargs.values()))
+        input_elements = sum(tensor.numel() for tensor in inputs)
+        inferred = self._shapes.infer(func, tuple(args), kwargs, _meta_of, grad)
+        if inferred is None:
+            failure = meta_failure(func, tuple(args), kwargs, _meta_of, grad)
+            if failure is None or not is_data_dependent(failure):
+                return 0  # a bad call: the op itself raises its real error, before allocating
+            if name not in INPUT_BOUNDED:
+                raise UnboundedOperationError(name, self.worker_id)
+            bound = sum(tensor.numel() * max(tensor.dim(), 1) for tensor in inputs)
+            self._check_work(name, input_elements + bound)
+            self._check_bytes(name, bound * 8)
+            return bound * 8
+        output_elements = 0
+        output_bytes = 0
+        for shape, dtype, _ in inferred.outputs:
+            numel = 1
+            for size in shape:
+                numel *= size
+            output_elements += numel
+            output_bytes += numel * _element_size(dtype)
+        self._check_bytes(name, output_bytes)
+        work = input_elements + output_elements
+        contraction = _CONTRACTIONS.get(name)
+        if contraction is not None:
+            work += output_elements * _contracted_size(contraction, args, inputs)
+        self._check_work(name, work)
+        return output_bytes
+
+    def _check_bytes(self, name: str, size: int) -> None:
+        if size > self.max_result_bytes:
+            raise OperationTooLargeError(
+                name, self.worker_id, size, self.max_result_bytes, "TENSORFLEET_MAX_OBJECT_BYTES"
+            )
+
+    def _check_work(self, name: str, work: int) -> None:
+        if work > self.max_work:
+            raise OperationTooLargeError(
+                name, self.worker_id, work, self.max_work, "TENSORFLEET_MAX_OP_WORK"
+            )
+
+
+_ELEMENT_SIZES: dict[torch.dtype, int] = {}
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    size = _ELEMENT_SIZES.get(dtype)
+    if size is None:
+        size = _ELEMENT_SIZES[dtype] = torch.empty((), dtype=dtype).element_size()
+    return size
+
+
+def _contracted_size(how: str, args: list[Any], inputs: list[torch.Tensor]) -> int:
+    """How many multiply-adds each output element of a contraction costs (an upper bound)."""
+    if how == "last_dim_of_first" and args and isinstance(args[0], torch.Tensor):
+        return max(args[0].shape[-1], 1) if args[0].dim() else 1
+    if how == "last_dim_of_second" and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        return max(args[1].shape[-1], 1) if args[1].dim() else 1
+    if how == "weight_fan_in" and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        weight = args[1]
+        return max(weight.numel() // max(weight.shape[0], 1), 1) if weight.dim() else 1
+    return max((tensor.numel() for tensor in inputs), default=1)
