@@ -34,7 +34,7 @@ class WorkerIdType(click.ParamType):
 WORKER_ID = WorkerIdType()
 
 
-def check_servers() -> None:
+def check_servers(worker_ids: Sequence[str]) -> None:
     """Reach the broker and Redis now: BrokerConnectionError / StoreUnavailableError if not.
 
     The broker gets ``TENSORFLEET_CONNECT_RETRIES`` more attempts, a second apart at
@@ -45,9 +45,9 @@ def check_servers() -> None:
     import redis
 
     from broker.amqp import safe_url
-    from broker.errors import BrokerConnectionError
+    from broker.errors import BrokerConnectionError, StoreUnavailableError
     from broker.settings import get_settings
-    from worker.redis_store import StoreUnavailableError, connect
+    from worker.redis_store import connect
 
     settings = get_settings()
     connection = kombu.Connection(settings.broker_url, connect_timeout=5)
@@ -67,7 +67,8 @@ def check_servers() -> None:
         client.ping()
     except redis.RedisError as error:
         reason = str(error).rstrip(".")
-        raise StoreUnavailableError(safe_url(settings.redis_url), reason) from None
+        workers = ", ".join(worker_ids)
+        raise StoreUnavailableError(workers, safe_url(settings.redis_url), reason) from None
     finally:
         client.close()
 
@@ -84,7 +85,7 @@ def worker(worker_id: str, loglevel: str) -> None:
     """
     from worker.runner import run_worker
 
-    check_servers()
+    check_servers([worker_id])
     run_worker(worker_id, loglevel.upper())
 
 
@@ -101,5 +102,5 @@ def up(worker_ids: Sequence[str], loglevel: str) -> None:
             f"{', '.join(duplicates)} given more than once: one process serves each worker id",
             param_hint="WORKER_IDS",
         )
-    check_servers()
+    check_servers(worker_ids)
     sys.exit(run_fleet(worker_ids, loglevel.upper()))
