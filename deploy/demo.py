@@ -9,16 +9,28 @@ average comes back. A centralized model (same architecture, same initial
 weights, same optimizer and epochs, all data local) trains alongside. The demo
 prints both per round, and writes a PNG of both curves.
 
-It runs on in-process workers by default and on the fleet with ``--fleet``
-(workers that do not answer are started on this machine for the run).
-``--mnist DIR`` uses a local MNIST copy (the four IDX files) instead of digits.
+It runs on in-process workers by default and on the fleet with ``--fleet``: the
+running fleet if ``bob``, ``alice``, ``jon`` and ``secure_worker`` all serve, else
+a private fleet started for the run (see :mod:`deploy.fleet_launch`). ``--mnist
+DIR`` uses a local MNIST copy (the four IDX files, :mod:`deploy.mnist`) instead.
+
+What the demo creates, and where. On each data owner: its share of the training
+set (two tensors, data and targets) for the whole run; each round, a copy of the
+model (four parameter tensors), each batch (two tensors) and the training
+intermediates of each step (activations, gradients, the running loss). The trained
+copies move to the aggregator, which also holds their average until the client has
+fetched it. Every one of these objects is deleted as soon as its pointer is
+dropped, and :func:`run_demo` drops all of them before it returns, also when it
+ends with an error or Ctrl-C: nothing the demo made survives it. It never clears a
+worker, so other clients' objects on a shared fleet are left as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
+import gc
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,9 +42,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from broker.errors import TensorFleetError
 from client.federated.dataset import federate
 from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
+from deploy import mnist
+from deploy.interrupt import StopRequest, stop_between_steps
+from deploy.options import POSITIVE_INT, OutputFile, PositiveFloat, WorkerIds
 
 DATA_OWNERS = ("bob", "alice", "jon")
 AGGREGATOR = "secure_worker"
@@ -94,34 +110,11 @@ def load_digits_split(config: DemoConfig) -> Split:
     return _split(x, y, config, "digits")
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An MNIST IDX file (optionally gzipped) as a numpy array."""
-    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def _find(directory: Path, stem: str) -> Path:
-    for candidate in sorted(directory.rglob(f"{stem}*")):
-        if candidate.is_file() and candidate.suffix in ("", ".gz", ".idx3-ubyte", ".idx1-ubyte"):
-            return candidate
-    raise click.UsageError(
-        f"--mnist {directory}: no {stem}[.gz] file in it (the four MNIST IDX "
-        "files: train-images-idx3-ubyte, train-labels-idx1-ubyte, ...)"
-    )
-
-
 def load_mnist_split(config: DemoConfig) -> Split:
     """MNIST from a local copy of its IDX files: the official train and test sets."""
     assert config.mnist is not None
-    directory = Path(config.mnist)
-    arrays = {
-        stem: _read_idx(_find(directory, stem))
-        for stem in ("train-images", "train-labels", "t10k-images", "t10k-labels")
-    }
+    files = mnist.check_directory(Path(config.mnist))
+    arrays = {role: mnist.read_idx(path) for role, path in files.items()}
 
     def images(array: np.ndarray) -> torch.Tensor:
         x = torch.tensor(array.reshape(len(array), -1), dtype=torch.float32) / 255.0
@@ -175,11 +168,57 @@ def run_demo(
     echo: Callable[[str], None] = print,
     progress: bool = True,
     plot: Path | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Train federated (``owners``, averaged on ``aggregator``) and centralized; report both."""
+    """Train federated (``owners``, averaged on ``aggregator``) and centralized; report both.
+
+    Every object the run creates on the workers is deleted before this returns or
+    raises (an error, or Ctrl-C, which stops the run at the next batch, saying so
+    through ``announce``, default ``echo``); nothing else on the workers is touched.
+    """
+    split = load_mnist_split(config) if config.mnist is not None else load_digits_split(config)
+    workers = [*owners, aggregator]
+    with stop_between_steps(announce or echo) as stop:
+        try:
+            result = _train(config, split, owners, aggregator, echo, progress, stop)
+        except BaseException as error:
+            # The traceback holds every frame of the run, and the frames its pointers:
+            # clear them, so that release() deletes everything the run made.
+            _clear_frames(error)
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                release(workers)
+            raise
+        release(workers)
+        stop.check()  # Ctrl-C during the clean-up: the run is complete, but stop as asked
+    echo(
+        f"final test accuracy: federated {result.federated_accuracy[-1]:.2f}%, centralized "
+        f"{result.central_accuracy[-1]:.2f}% (gap {result.gap:+.2f} points) after "
+        f"{count(config.rounds, 'round')} x {count(config.local_epochs, 'local epoch')}, "
+        f"{result.seconds:.1f} s"
+    )
+    if plot is not None:
+        write_plot(
+            result,
+            plot,
+            f"FedAvg on {split.name}: {len(owners)} owners, "
+            f"{config.local_epochs} local epochs per round",
+        )
+        echo(f"plot written to {plot}")
+    return result
+
+
+def _train(
+    config: DemoConfig,
+    split: Split,
+    owners: Sequence[Any],
+    aggregator: Any,
+    echo: Callable[[str], None],
+    progress: bool,
+    stop: StopRequest,
+) -> DemoResult:
+    """The rounds themselves; every pointer they make lives in this frame or below it."""
     from tqdm.auto import tqdm
 
-    split = load_mnist_split(config) if config.mnist is not None else load_digits_split(config)
     classes = int(split.train_y.max()) + 1
     features = int(split.train_x.shape[1])
     federated_model = make_model(features, config.hidden, classes, config.seed)
@@ -214,7 +253,12 @@ def run_demo(
             leave=False,
             disable=not progress,
         ) as bar:
-            outcome = strategy.fit_round(federated_model, dataset, on_batch=lambda: bar.update())
+
+            def on_batch(bar: Any = bar) -> None:
+                bar.update()
+                stop.check()  # a safe point: this batch's commands are all queued
+
+            outcome = strategy.fit_round(federated_model, dataset, on_batch=on_batch)
         central_total = train_epochs(
             central_model,
             lambda: local_batches(
@@ -244,25 +288,47 @@ def run_demo(
             rounds.write(line)
         else:
             echo(line)
+        stop.check()
     result.seconds = time.perf_counter() - start
-    echo(
-        f"final test accuracy: federated {result.federated_accuracy[-1]:.2f}%, centralized "
-        f"{result.central_accuracy[-1]:.2f}% (gap {result.gap:+.2f} points) after "
-        f"{config.rounds} rounds x {config.local_epochs} local epochs, {result.seconds:.1f} s"
-    )
-    if plot is not None:
-        write_plot(
-            result,
-            plot,
-            f"FedAvg on {split.name}: {len(owners)} owners, "
-            f"{config.local_epochs} local epochs per round",
-        )
-        echo(f"plot written to {plot}")
     return result
 
 
+def count(number: int, noun: str) -> str:
+    """``3 rounds``, ``1 round``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Drop the locals of every finished frame in ``error``'s tracebacks (and its causes')."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
+def release(workers: Sequence[Any]) -> None:
+    """Delete every object of this run that is still unreferenced, and wait until it is gone.
+
+    Dropped pointers queue their deletes (``gc.collect()`` finalizes those caught in
+    reference cycles, such as a module and its parameters); a ping to each worker sends
+    them and waits until they ran. A pipelined error not reported yet is raised once, by
+    the first ping; the ping after it confirms the worker is done.
+    """
+    gc.collect()
+    for worker in workers:
+        try:
+            worker.synchronize()
+        except TensorFleetError:
+            worker.synchronize()
+
+
 def write_plot(result: DemoResult, path: Path, title: str) -> None:
-    """Test accuracy and training loss per round, federated beside centralized, as a PNG."""
+    """Test accuracy and training loss per round, federated beside centralized, as a PNG.
+
+    ``path``'s directory must exist: nothing is created but the file.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,17 +349,24 @@ def write_plot(result: DemoResult, path: Path, title: str) -> None:
         axes.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(figure)
 
 
 # ---------------------------------------------------------------------------------- workers
 
 
 @contextlib.contextmanager
-def demo_workers(fleet: bool, owner_ids: Sequence[str]) -> Iterator[tuple[list[Any], Any]]:
-    """(data owners, aggregator), in-process or on the fleet, each with an empty store."""
+def demo_workers(
+    fleet: bool, owner_ids: Sequence[str], announce: Callable[[str], None]
+) -> Iterator[tuple[list[Any], Any]]:
+    """(data owners, aggregator): in-process, or the running fleet's, or a private fleet's.
+
+    No worker is cleared: the run deletes what it makes (:func:`run_demo`), and a
+    private fleet is deleted as a whole afterwards.
+    """
     import client as sy
 
     hook = sy.TorchHook(torch)
@@ -302,61 +375,88 @@ def demo_workers(fleet: bool, owner_ids: Sequence[str]) -> Iterator[tuple[list[A
     if fleet:
         from deploy.fleet_launch import fleet_workers
 
-        context = fleet_workers(ids, hook, announce=lambda line: click.echo(line, err=True))
+        context = fleet_workers(ids, hook, announce)
     else:
         context = contextlib.nullcontext([sy.VirtualWorker(hook, id=i) for i in ids])
     with context as workers:
-        for worker in workers:
-            worker.clear_objects()
-        try:
-            yield workers[:-1], workers[-1]
-        finally:
-            for worker in workers:
-                worker.clear_objects()
+        yield workers[:-1], workers[-1]
 
 
 @click.command()
-@click.option("--rounds", default=DemoConfig.rounds, show_default=True, help="FedAvg rounds.")
+@click.option(
+    "--rounds",
+    type=POSITIVE_INT,
+    default=DemoConfig.rounds,
+    show_default=True,
+    help="FedAvg rounds.",
+)
 @click.option(
     "--local-epochs",
+    type=POSITIVE_INT,
     default=DemoConfig.local_epochs,
     show_default=True,
     help="Epochs each owner trains per round (the baseline trains as many).",
 )
-@click.option("--batch-size", default=DemoConfig.batch_size, show_default=True)
-@click.option("--lr", default=DemoConfig.lr, show_default=True, help="SGD learning rate.")
-@click.option("--hidden", default=DemoConfig.hidden, show_default=True, help="Hidden units.")
-@click.option("--seed", default=DemoConfig.seed, show_default=True)
+@click.option(
+    "--batch-size",
+    type=POSITIVE_INT,
+    default=DemoConfig.batch_size,
+    show_default=True,
+    help="Samples per training batch.",
+)
+@click.option(
+    "--lr",
+    type=PositiveFloat(),
+    default=DemoConfig.lr,
+    show_default=True,
+    help="SGD learning rate.",
+)
+@click.option(
+    "--hidden",
+    type=POSITIVE_INT,
+    default=DemoConfig.hidden,
+    show_default=True,
+    help="Hidden units.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=DemoConfig.seed,
+    show_default=True,
+    help="Seed of the shuffle, the split and the initial weights.",
+)
 @click.option(
     "--fleet",
     is_flag=True,
-    help="Run on fleet workers bob, alice, jon and "
-    "secure_worker (RabbitMQ, Celery, Redis), starting any that do not answer.",
+    help="Run on fleet workers: the running fleet if bob, alice, jon and secure_worker all "
+    "serve (the demo deletes what it creates there), else a private fleet started for the run.",
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutputFile(),
     default=Path("fedavg_digits.png"),
     show_default=True,
-    help="PNG plot to write.",
+    help="PNG plot to write (its directory must exist).",
 )
 @click.option(
     "--mnist",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=mnist.MnistDirectory(),
     default=None,
-    help="Directory with a local MNIST copy (IDX files) to use instead of digits.",
+    help="Directory holding MNIST's four IDX files (optionally .gz) itself: train on them "
+    "instead of digits.",
 )
 @click.option(
     "--max-train",
-    type=int,
+    type=POSITIVE_INT,
     default=None,
     help="Use at most this many training samples (handy with --mnist).",
 )
 @click.option(
     "--owners",
+    type=WorkerIds(AGGREGATOR),
     default=",".join(DATA_OWNERS),
     show_default=True,
-    help="Comma-separated data-owner worker ids.",
+    help=f"Comma-separated data-owner worker ids (distinct, not {AGGREGATOR}).",
 )
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of progress bars.")
 def demo(
@@ -370,7 +470,7 @@ def demo(
     out: Path,
     mnist: Path | None,
     max_train: int | None,
-    owners: str,
+    owners: tuple[str, ...],
     no_progress: bool,
 ) -> None:
     """Federated averaging across three data owners, beside a centralized baseline."""
@@ -386,10 +486,18 @@ def demo(
         mnist=mnist,
         max_train=max_train,
     )
-    owner_ids = [owner.strip() for owner in owners.split(",") if owner.strip()]
     kind = "fleet workers (RabbitMQ -> Celery -> Redis)" if fleet else "in-process workers"
     click.echo(f"TensorFleet demo on {kind}")
-    with demo_workers(fleet, owner_ids) as (data_owners, aggregator):
+    with demo_workers(fleet, owners, lambda line: click.echo(line, err=True)) as (
+        data_owners,
+        aggregator,
+    ):
         run_demo(
-            config, data_owners, aggregator, echo=click.echo, progress=not no_progress, plot=out
+            config,
+            data_owners,
+            aggregator,
+            echo=click.echo,
+            progress=not no_progress,
+            plot=out,
+            announce=lambda line: click.echo(line, err=True),
         )

@@ -1,65 +1,114 @@
-"""Reach fleet workers, or run them on this machine for as long as a job needs them.
+"""Fleet workers for a job (the demo, a benchmark): a running fleet's, or a private fleet's.
 
-``tensorfleet demo --fleet`` and ``tensorfleet bench --fleet`` use it: a worker
-that answers a ping within a few seconds is used as it is; one that does not is
-started here (``tensorfleet worker <id>``) and stopped afterwards. ``private=True``
-runs every worker in a fresh namespace instead, so a benchmark never measures, or
-disturbs, a fleet someone else is using, and leaves no queue or key behind.
+* :func:`private_fleet` starts ``tensorfleet worker <id>`` for every id in a fresh
+  ``TENSORFLEET_NAMESPACE`` (queues ``<ns>.worker.<id>``, Redis keys ``<ns>:<id>:...``),
+  so the job can reach nobody else's objects and nobody can reach its workers. On
+  the way out it stops them and deletes the namespace's queues, exchanges and Redis
+  keys: nothing of the job is left. Benchmarks always run on one.
+* :func:`fleet_workers` uses the running fleet if every worker is consuming its
+  queue and answers a ping, and runs a private fleet otherwise. The demo uses it. A
+  job on a running fleet shares it with other clients: it must delete exactly the
+  objects it made (by dropping its pointers) and never clear a worker.
+
+Probing a running fleet publishes nothing to a queue without a consumer: publishing
+declares the queue, so a ping to a worker that is not there would leave a durable
+queue holding that ping in the shared namespace. A passive declaration asks RabbitMQ
+for the queue's consumer count instead, and only workers that have one are pinged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from broker.errors import WorkerUnavailableError
-from broker.settings import get_settings
+from broker import topology
+from broker.errors import BrokerConnectionError, WorkerUnavailableError
+from broker.settings import Settings, get_settings
 from client.fleet import reset_fleet_transport
 from worker.runner import purge_namespace, start_worker_process, stop_processes
 
-#: how long a worker that should already run has to answer a ping
+#: how long a worker of a running fleet has to answer a ping
 PROBE_SECONDS = 3.0
 #: how long a worker started here has to answer (it imports torch first)
 START_SECONDS = 120.0
+#: how long one readiness ping waits before the worker process is checked again
+_PING_SECONDS = 2.0
+
+Announce = Callable[[str], None]
+
+
+def _quiet(line: str) -> None:
+    """The default ``announce``: say nothing."""
 
 
 @contextlib.contextmanager
 def fleet_workers(
-    worker_ids: Sequence[str],
-    hook: Any,
-    private: bool = False,
-    announce: Callable[[str], None] | None = None,
+    worker_ids: Sequence[str], hook: Any, announce: Announce = _quiet
 ) -> Iterator[list[Any]]:
-    """``FleetWorker`` handles for ``worker_ids``; missing workers run here meanwhile."""
-    previous_namespace = os.environ.get("TENSORFLEET_NAMESPACE")
-    namespace = None
-    if private:
-        namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        _switch_namespace(namespace)
-    started: list[subprocess.Popen[bytes]] = []
+    """``FleetWorker`` handles of the running fleet if all of ``worker_ids`` serve; else private."""
+    workers = _handles(worker_ids, hook)
+    silent = _not_serving(workers, get_settings())
+    if not silent:
+        announce(
+            f"using the running fleet (namespace {get_settings().namespace}): "
+            f"{', '.join(worker_ids)}; this run deletes what it creates there"
+        )
+        yield workers
+        return
+    announce(
+        f"fleet worker{'s' if len(silent) > 1 else ''} {', '.join(silent)} not serving in "
+        f"namespace {get_settings().namespace}"
+    )
+    with private_fleet(worker_ids, hook, announce) as private:
+        yield private
+
+
+@contextlib.contextmanager
+def private_fleet(
+    worker_ids: Sequence[str], hook: Any, announce: Announce = _quiet
+) -> Iterator[list[Any]]:
+    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after."""
+    previous = os.environ.get("TENSORFLEET_NAMESPACE")
+    namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _switch_namespace(namespace)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    log_dir: Path | None = None
+    keep_logs = False
+    settings: Settings | None = None
     try:
-        workers = _handles(worker_ids, hook)
-        missing = workers if private else _silent(workers)
-        for worker in missing:
-            if announce is not None:
-                announce(f"starting fleet worker {worker.id} (tensorfleet worker {worker.id})")
-            started.append(start_worker_process(worker.id))
-        _wait_for(missing, START_SECONDS)
+        settings = get_settings()  # a bad TENSORFLEET_* value fails here, before anything starts
+        workers = _handles(worker_ids, hook)  # connects first: a broker that is down fails here
+        announce(
+            f"starting fleet workers {', '.join(worker_ids)} in private namespace {namespace} "
+            "for this run (stopped and deleted afterwards)"
+        )
+        log_dir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
+        for worker_id in worker_ids:
+            with open(log_dir / f"{worker_id}.log", "wb") as log:
+                processes[worker_id] = start_worker_process(
+                    worker_id, log=log, die_with_parent=True
+                )
+        try:
+            _wait_until_serving(workers, processes, log_dir, announce)
+        except WorkerUnavailableError:
+            keep_logs = True  # the announcement names the log of the worker that did not start
+            raise
         yield workers
     finally:
-        stop_processes(started)
-        if namespace is not None:
-            purge_namespace(namespace, worker_ids, get_settings())
-            _switch_namespace(previous_namespace)
-
-
-def answering(worker_ids: Sequence[str], hook: Any) -> bool:
-    """Whether every one of ``worker_ids`` answers a ping within PROBE_SECONDS."""
-    return not _silent(_handles(worker_ids, hook))
+        stop_processes(list(processes.values()))
+        if settings is not None:
+            purge_namespace(namespace, worker_ids, settings)
+        _switch_namespace(previous)
+        if log_dir is not None and not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def _handles(worker_ids: Sequence[str], hook: Any) -> list[Any]:
@@ -68,26 +117,81 @@ def _handles(worker_ids: Sequence[str], hook: Any) -> list[Any]:
     return [sy.FleetWorker(hook, id=worker_id) for worker_id in worker_ids]
 
 
-def _silent(workers: list[Any]) -> list[Any]:
-    """The workers that do not answer a ping within PROBE_SECONDS."""
-    silent = []
+def _not_serving(workers: list[Any], settings: Settings) -> list[str]:
+    """Ids of the workers whose queue has no consumer, or that do not answer a ping."""
+    counts = consumer_counts([worker.id for worker in workers], settings)
+    silent = [worker.id for worker in workers if counts[worker.id] == 0]
     for worker in workers:
-        try:
-            _wait_for([worker], PROBE_SECONDS)
-        except WorkerUnavailableError:
-            silent.append(worker)
+        if worker.id not in silent and not _answers(worker, PROBE_SECONDS):
+            silent.append(worker.id)
     return silent
 
 
-def _wait_for(workers: list[Any], seconds: float) -> None:
-    """Ping each worker, allowing ``seconds`` (a ping waits in the durable queue meanwhile)."""
+def consumer_counts(worker_ids: Sequence[str], settings: Settings) -> dict[str, int]:
+    """How many consumers each worker's queue has (0 if the queue does not exist).
+
+    A passive queue declaration: it creates nothing and publishes nothing.
+    """
+    import pika
+    import pika.exceptions
+
+    from broker.amqp import pika_url, safe_url
+
+    counts: dict[str, int] = {}
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+    except pika.exceptions.AMQPError as error:
+        raise BrokerConnectionError(safe_url(settings.broker_url), repr(error)) from None
+    try:
+        for worker_id in worker_ids:
+            channel = connection.channel()
+            queue = topology.worker_queue(worker_id, settings.namespace)
+            try:
+                declared = channel.queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
+                counts[worker_id] = 0
+                continue
+            counts[worker_id] = int(declared.method.consumer_count)
+            channel.close()
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
+    return counts
+
+
+def _answers(worker: Any, seconds: float) -> bool:
+    """Whether ``worker`` answers a ping within ``seconds``."""
+    session = worker.session
+    timeout, session.timeout = session.timeout, seconds
+    try:
+        worker.synchronize()
+    except WorkerUnavailableError:
+        return False
+    finally:
+        session.timeout = timeout
+    return True
+
+
+def _wait_until_serving(
+    workers: list[Any],
+    processes: dict[str, subprocess.Popen[bytes]],
+    log_dir: Path,
+    announce: Announce,
+) -> None:
+    """Return once every worker answered a ping; WorkerUnavailableError if one did not.
+
+    A ping waits in the worker's durable queue until the worker consumes it, so no
+    sleep stands in for readiness; the process is checked between pings.
+    """
+    deadline = time.monotonic() + START_SECONDS
     for worker in workers:
-        session = worker.session
-        timeout, session.timeout = session.timeout, seconds
-        try:
-            worker.synchronize()
-        finally:
-            session.timeout = timeout
+        while not _answers(worker, _PING_SECONDS):
+            process = processes[worker.id]
+            if process.poll() is not None or time.monotonic() > deadline:
+                announce(
+                    f"fleet worker {worker.id} did not start; its log: {log_dir / worker.id}.log"
+                )
+                raise WorkerUnavailableError(worker.id, "ping", START_SECONDS)
 
 
 def _switch_namespace(namespace: str | None) -> None:

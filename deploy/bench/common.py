@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+#: a row's ``name``: stable snake_case, what scripts reading ``--json`` key on
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
 
 @dataclass(frozen=True)
 class Row:
-    """One figure and its baseline. ``lower_is_better`` says how to read the ratio."""
+    """One figure and its baseline. ``lower_is_better`` says how to read the ratio.
 
+    ``name`` is stable across runs and versions (``sync_op_vs_pika_rpc``); ``figure``
+    and ``baseline`` are the words of the printed table.
+    """
+
+    name: str
     figure: str
     value: float
     unit: str
@@ -21,9 +31,27 @@ class Row:
     baseline_value: float
     lower_is_better: bool = True
 
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"row name {self.name!r} is not snake_case")
+
     @property
     def ratio(self) -> float:
         return self.value / self.baseline_value if self.baseline_value else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"name", "value", "unit", "baseline", "ratio"}``; a non-finite number is null."""
+        return {
+            "name": self.name,
+            "value": _finite(self.value),
+            "unit": self.unit,
+            "baseline": _finite(self.baseline_value),
+            "ratio": _finite(self.ratio),
+        }
+
+
+def _finite(number: float) -> float | None:
+    return number if math.isfinite(number) else None
 
 
 def per_call_us(function: Callable[[], object], calls: int, repeats: int = 3) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,8 +25,10 @@ from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
 from deploy.bench.common import Row, counting_messages
 
-OWNERS = ("bench_bob", "bench_alice", "bench_jon")
-AGGREGATOR = "bench_secure"
+OWNERS = ("bob", "alice", "jon")
+AGGREGATOR = "secure_worker"
+#: the fleet workers the fleet round needs (on the bench's private fleet)
+FLEET_WORKERS = (*OWNERS, AGGREGATOR)
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,16 +85,16 @@ def _counted_round(strategy: FedAvg, model: nn.Module, dataset: Any) -> dict[str
     return counts
 
 
-def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> list[Row]:
+def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, kind: str) -> list[Row]:
+    """The rows of one kind of worker, ``inprocess`` or ``fleet``."""
     from client.federated.dataset import federate
+    from deploy.demo import release
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: extra threads only contend
     try:
         x, y = _digits()
         training = LocalTraining(epochs=1 if quick else 3, batch_size=16, lr=0.2)
-        for worker in [*owners, aggregator]:
-            worker.clear_objects()
         dataset = federate(torch.utils.data.TensorDataset(x, y), owners)
         shares = [(dataset[w].data.get(), dataset[w].targets.get()) for w in dataset.workers]
         dataset = federate(torch.utils.data.TensorDataset(x, y), owners)  # (get() took them)
@@ -112,20 +114,30 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
         for _ in range(repeats + 1):
             total, path = _local_round(_model(), shares, training)
             local_sum, local_path = min(local_sum, total), min(local_path, path)
-        del dataset
-        for worker in [*owners, aggregator]:
-            worker.clear_objects()
+        del dataset, strategy
+        release([*owners, aggregator])
     finally:
         torch.set_num_threads(threads)
-    parallel = label == "fleet"
+    parallel = kind == "fleet"
+    label = "fleet" if parallel else "in-process"
     compute = local_path if parallel else local_sum
     transport = max(best_round - compute, 0.0)
     batches = training.epochs * sum(-(-len(share[0]) // training.batch_size) for share in shares)
     epochs = f"{training.epochs} local epoch{'s' if training.epochs > 1 else ''}"
     figure = f"{label} FedAvg round (3 owners, digits, {epochs})"
+    # the fleet's count of commands per batch keeps the short name (the count is the same)
+    per_batch = "fedavg_commands_per_batch" + ("" if parallel else "_inprocess")
     return [
-        Row(figure, best_round * 1e3, "ms", "same round, local torch", local_sum * 1e3),
         Row(
+            f"fedavg_round_{kind}_vs_local",
+            figure,
+            best_round * 1e3,
+            "ms",
+            "same round, local torch",
+            local_sum * 1e3,
+        ),
+        Row(
+            f"fedavg_compute_{kind}",
             f"{label} FedAvg round: compute ({'critical path' if parallel else 'sum'})",
             compute * 1e3,
             "ms",
@@ -133,6 +145,7 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
             best_round * 1e3,
         ),
         Row(
+            f"fedavg_transport_{kind}",
             f"{label} FedAvg round: transport (round - compute)",
             transport * 1e3,
             "ms",
@@ -140,6 +153,7 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
             best_round * 1e3,
         ),
         Row(
+            f"fedavg_aggregation_{kind}",
             f"{label} FedAvg round: aggregation (move, average, get)",
             (best_round - best_fit) * 1e3,
             "ms",
@@ -147,14 +161,23 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, label: str) -> li
             best_round * 1e3,
         ),
         Row(
+            per_batch,
             f"{label} FedAvg round: commands sent (deletes included)",
             counts["commands"],
             "cmd",
             "training batches",
             batches,
         ),
-        Row(f"{label} FedAvg round: messages sent", counts["messages"], "msg", "owners", 3),
         Row(
+            f"fedavg_messages_{kind}",
+            f"{label} FedAvg round: messages sent",
+            counts["messages"],
+            "msg",
+            "owners",
+            3,
+        ),
+        Row(
+            f"fedavg_transport_per_command_{kind}",
             f"{label} FedAvg round: transport per command",
             transport / max(counts["commands"], 1) * 1e6,
             "µs/cmd",
@@ -170,13 +193,9 @@ def run(quick: bool) -> list[Row]:
 
     hook = sy.TorchHook(torch)
     workers = [sy.VirtualWorker(hook, id=worker_id) for worker_id in (*OWNERS, AGGREGATOR)]
-    return _rows(workers[:-1], workers[-1], quick, "in-process")
+    return _rows(workers[:-1], workers[-1], quick, "inprocess")
 
 
-def run_fleet(quick: bool) -> list[Row]:
-    """One FedAvg round on fleet workers (started on this machine if none answer)."""
-    import client as sy
-    from deploy.fleet_launch import fleet_workers
-
-    with fleet_workers([*OWNERS, AGGREGATOR], sy.TorchHook(torch)) as workers:
-        return _rows(workers[:-1], workers[-1], quick, "fleet")
+def run_fleet(quick: bool, workers: Mapping[str, Any]) -> list[Row]:
+    """One FedAvg round on fleet workers (the bench's private fleet)."""
+    return _rows([workers[owner] for owner in OWNERS], workers[AGGREGATOR], quick, "fleet")

@@ -11,9 +11,10 @@ same run, on the same broker:
 * 100 MiB send + get and move bob -> alice beside a raw pika publish of the
   same bytes to the echo consumer, timed until it has them.
 
-If fleet workers ``bob`` and ``alice`` do not answer a ping within a few
-seconds, they are started for the run in a private ``TENSORFLEET_NAMESPACE``
-and stopped (and their queues and Redis keys deleted) after.
+The fleet is always the bench's own: ``bob`` and ``alice`` of a private
+``TENSORFLEET_NAMESPACE`` started for the run and deleted after it
+(:func:`deploy.fleet_launch.private_fleet`), so a benchmark never measures, or
+disturbs, a fleet someone else is using.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,12 @@ import torch
 from broker.amqp import pika_url
 from broker.settings import get_settings
 from deploy.bench.common import Row
-from deploy.fleet_launch import answering, fleet_workers
 from worker.runner import stop_processes
 
 MIB = 2**20
 BIG = 100 * MIB
-_WORKERS = ("bob", "alice")
+#: the fleet workers this section needs (on the bench's private fleet)
+FLEET_WORKERS = ("bob", "alice")
 
 #: The echo consumer: answers each message that has a reply_to; counts one-way ones.
 _ECHO = r"""
@@ -222,8 +223,6 @@ def celery_noop(url: str) -> Iterator[Callable[[], object]]:
 def _fleet_figures(bob: Any, alice: Any, quick: bool) -> dict[str, float]:
     repeats = 1 if quick else 3
     figures: dict[str, float] = {}
-    bob.clear_objects()
-    alice.clear_objects()
     a = torch.tensor([1.0, 2, 3, 4, 5]).send(bob)  # type: ignore[attr-defined]
     b = torch.tensor([1.0, 1, 1, 1, 1]).send(bob)  # type: ignore[attr-defined]
     calls = 200 if quick else 1000
@@ -275,14 +274,12 @@ def _fleet_figures(bob: Any, alice: Any, quick: bool) -> dict[str, float]:
     figures["send_get_s"] = _best(send_get, repeats)
     figures["send_s"] = _best(send_only, repeats)
     figures["move_s"] = _best(move, repeats)
-    bob.clear_objects()
-    alice.clear_objects()
     return figures
 
 
-def run(quick: bool) -> list[Row]:
+def run(quick: bool, workers: Mapping[str, Any]) -> list[Row]:
     """The fleet rows: TensorFleet on bob and alice beside raw pika and plain Celery."""
-    import client as sy
+    from deploy.demo import release
 
     url = get_settings().broker_url
     repeats = 1 if quick else 3
@@ -294,21 +291,41 @@ def run(quick: bool) -> list[Row]:
         raw_s = _best(lambda: raw.transfer_s(payload), repeats)
         with celery_noop(url) as noop:
             celery_us = _median_us(noop, 200 if quick else 1000)
-        hook = sy.TorchHook(torch)
-        # a fleet that answers is measured as it is; otherwise a private one, cleaned up after
-        private = not answering(_WORKERS, hook)
-        with fleet_workers(_WORKERS, hook, private=private) as (bob, alice):
-            fleet = _fleet_figures(bob, alice, quick)
+        bob, alice = workers["bob"], workers["alice"]
+        fleet = _fleet_figures(bob, alice, quick)
+        release([bob, alice])
         # the raw baseline again after the fleet figures: the better of the two windows
         raw_s = min(raw_s, _best(lambda: raw.transfer_s(payload), repeats))
     finally:
         raw.close()
     raw_mb_s = BIG / raw_s / 1e6
     return [
-        Row("fleet sync op ((a + b).get())", fleet["sync_us"], "µs", "raw pika RPC", rpc_us),
-        Row("fleet sync op ((a + b).get())", fleet["sync_us"], "µs", "Celery no-op RT", celery_us),
-        Row("fleet ping (worker.synchronize())", fleet["ping_us"], "µs", "raw pika RPC", rpc_us),
         Row(
+            "sync_op_vs_pika_rpc",
+            "fleet sync op ((a + b).get())",
+            fleet["sync_us"],
+            "µs",
+            "raw pika RPC",
+            rpc_us,
+        ),
+        Row(
+            "sync_op_vs_celery_noop",
+            "fleet sync op ((a + b).get())",
+            fleet["sync_us"],
+            "µs",
+            "Celery no-op RT",
+            celery_us,
+        ),
+        Row(
+            "ping_vs_pika_rpc",
+            "fleet ping (worker.synchronize())",
+            fleet["ping_us"],
+            "µs",
+            "raw pika RPC",
+            rpc_us,
+        ),
+        Row(
+            "pipelined_ops_per_s",
             "fleet pipelined ops (z = a + b)",
             fleet["ops_per_s"],
             "ops/s",
@@ -317,6 +334,7 @@ def run(quick: bool) -> list[Row]:
             lower_is_better=False,
         ),
         Row(
+            "send_get_100mib_vs_pika",
             "fleet 100 MiB send+get (200 MiB moved)",
             2 * BIG / fleet["send_get_s"] / 1e6,
             "MB/s",
@@ -325,6 +343,7 @@ def run(quick: bool) -> list[Row]:
             lower_is_better=False,
         ),
         Row(
+            "send_100mib_vs_pika",
             "fleet 100 MiB send",
             BIG / fleet["send_s"] / 1e6,
             "MB/s",
@@ -333,6 +352,7 @@ def run(quick: bool) -> list[Row]:
             lower_is_better=False,
         ),
         Row(
+            "move_100mib_vs_pika",
             "fleet 100 MiB move bob -> alice",
             BIG / fleet["move_s"] / 1e6,
             "MB/s",

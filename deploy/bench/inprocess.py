@@ -13,7 +13,6 @@ def run(quick: bool) -> list[Row]:
 
     hook = sy.TorchHook(torch)
     bench_worker = sy.VirtualWorker(hook, id="bench")
-    bench_worker.clear_objects()
     local_a, local_b = torch.tensor([1.0, 2, 3, 4, 5]), torch.tensor([1.0, 1, 1, 1, 1])
     a = local_a.send(bench_worker)  # type: ignore[attr-defined]
     b = local_b.send(bench_worker)  # type: ignore[attr-defined]
@@ -37,9 +36,15 @@ def run(quick: bool) -> list[Row]:
     local_sync = per_call_us(lambda: torch.add(local_a, local_b).clone(), sync_calls)
     return [
         Row(
-            "in-process pipelined pointer op (a + b)", pipelined, "µs/op", "local torch.add", local
+            "inprocess_pipelined_op_vs_torch",
+            "in-process pipelined pointer op (a + b)",
+            pipelined,
+            "µs/op",
+            "local torch.add",
+            local,
         ),
         Row(
+            "inprocess_sync_op_vs_torch",
             "in-process synchronous op ((a + b).get())",
             sync,
             "µs/op",

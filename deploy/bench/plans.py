@@ -8,7 +8,7 @@ messages and bytes the client sends per call, counted in an untimed pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -18,6 +18,8 @@ from deploy.bench.common import Row, counting_messages, per_call_us
 OPS = 50
 CALLS = 100
 SIZE = 16
+#: the fleet worker the fleet rows need (on the bench's private fleet)
+FLEET_WORKERS = ("bob",)
 
 
 def fifty_ops(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -29,11 +31,18 @@ def fifty_ops(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
+Timings = dict[tuple[str, str], float]
+Counts = dict[str, dict[str, float]]
+
+
+def _measure(worker: Any, quick: bool) -> tuple[Timings, Counts, float]:
+    """Timings and counts of plan and op-by-op calls, and the local floor (µs per call).
+
+    Every pointer it makes is gone when it returns.
+    """
     from client.plan import func2plan
     from client.remote import send_tensor
 
-    worker.clear_objects()
     plan = func2plan(args_shape=[(SIZE,), (SIZE,)])(fifty_ops)
     assert len(plan.trace.ops) == OPS
     pointer_plan = plan.send(worker)
@@ -69,20 +78,30 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
     assert torch.allclose(with_plan().get(), expected)
     assert torch.allclose(one_by_one().get(), expected)
     repeats = 1 if quick else 3
-    timings = {}
+    timings: Timings = {}
     for name, call in (("plan", with_plan), ("ops", one_by_one)):
         timings[name, "pipelined"] = per_call_us(pipelined(call), 1, repeats) / CALLS
         timings[name, "sync"] = per_call_us(synchronous(call), 1, repeats) / CALLS
-    counts: dict[str, dict[str, float]] = {}
+    counts: Counts = {}
     for name, call in (("plan", with_plan), ("ops", one_by_one)):
         worker.synchronize()
         with counting_messages(worker.session.transport) as counted:
             pipelined(call)()
         counts[name] = {key: value / CALLS for key, value in counted.items()}
-    worker.clear_objects()
+    return timings, counts, local
+
+
+def _rows(worker: Any, quick: bool, kind: str) -> list[Row]:
+    """The rows of one kind of worker, ``inprocess`` or ``fleet``."""
+    from deploy.demo import release
+
+    timings, counts, local = _measure(worker, quick)
+    release([worker])
+    label = "fleet" if kind == "fleet" else "in-process"
     baseline = f"same {OPS} ops one by one"
     return [
         Row(
+            f"plan_pipelined_call_vs_ops_{kind}",
             f"{label} plan of {OPS} ops, pipelined call",
             timings["plan", "pipelined"],
             "µs/call",
@@ -90,6 +109,7 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             timings["ops", "pipelined"],
         ),
         Row(
+            f"plan_pipelined_call_vs_local_{kind}",
             f"{label} plan of {OPS} ops, pipelined call",
             timings["plan", "pipelined"],
             "µs/call",
@@ -97,6 +117,7 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             local,
         ),
         Row(
+            f"plan_sync_call_vs_ops_{kind}",
             f"{label} plan of {OPS} ops, call + .get()",
             timings["plan", "sync"],
             "µs/call",
@@ -104,6 +125,7 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             timings["ops", "sync"],
         ),
         Row(
+            f"plan_commands_per_call_{kind}",
             f"{label} plan: commands sent per call (+ deletes)",
             counts["plan"]["commands"],
             "cmd/call",
@@ -111,6 +133,7 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             counts["ops"]["commands"],
         ),
         Row(
+            f"plan_messages_per_call_{kind}",
             f"{label} plan: messages sent per call",
             counts["plan"]["messages"],
             "msg/call",
@@ -118,6 +141,7 @@ def _rows(worker: Any, quick: bool, label: str) -> list[Row]:
             counts["ops"]["messages"],
         ),
         Row(
+            f"plan_bytes_per_call_{kind}",
             f"{label} plan: bytes sent per call",
             counts["plan"]["bytes"],
             "B/call",
@@ -132,13 +156,9 @@ def run(quick: bool) -> list[Row]:
     import client as sy
 
     hook = sy.TorchHook(torch)
-    return _rows(sy.VirtualWorker(hook, id="bench_plans"), quick, "in-process")
+    return _rows(sy.VirtualWorker(hook, id="bench_plans"), quick, "inprocess")
 
 
-def run_fleet(quick: bool) -> list[Row]:
-    """The plan rows on a fleet worker (RabbitMQ, Celery, Redis)."""
-    import client as sy
-    from deploy.fleet_launch import fleet_workers
-
-    with fleet_workers(["bench_plans"], sy.TorchHook(torch)) as (worker,):
-        return _rows(worker, quick, "fleet")
+def run_fleet(quick: bool, workers: Mapping[str, Any]) -> list[Row]:
+    """The plan rows on a fleet worker (the bench's private fleet: RabbitMQ, Celery, Redis)."""
+    return _rows(workers["bob"], quick, "fleet")
