@@ -52,7 +52,7 @@ test: setup ## pytest only (needs RabbitMQ and Redis for the fleet tests)
 demo: setup ## the main job: federated training demo on in-process workers
 	$(BIN)/tensorfleet demo
 
-fleet-demo: setup ## the demo on a running fleet (tensorfleet up bob alice secure_worker)
+fleet-demo: setup ## the demo on a running fleet (tensorfleet up bob alice jon secure_worker)
 	$(BIN)/tensorfleet demo --fleet
 
 bench: setup ## benchmarks, each figure beside its baseline

@@ -182,9 +182,9 @@ class StoreUnavailableError(TensorFleetError):
 
     def __init__(self, worker: str, url: str, reason: str) -> None:
         super().__init__(
-            f'Worker "{worker}" cannot reach its store (Redis at {url}): {reason}. It has '
-            "stopped taking messages until Redis is back; your commands wait in its queue and "
-            "nothing is lost. Start Redis (or fix TENSORFLEET_REDIS_URL for that worker)."
+            f'Worker "{worker}" cannot reach its store (Redis at {url}): {reason}. Start Redis '
+            "(or fix TENSORFLEET_REDIS_URL for that worker). A running worker stops taking "
+            "messages until Redis is back: commands wait in its queue and nothing is lost."
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -34,8 +35,28 @@ def _queue_state(channel_factory: Any, name: str) -> tuple[int, int] | None:
     return int(declared.message_count), int(declared.consumer_count)
 
 
+@contextlib.contextmanager
+def _broker_errors() -> Iterator[None]:
+    """kombu's and the socket layer's errors, as the BrokerConnectionError users know."""
+    import kombu.exceptions
+
+    from broker.amqp import safe_url
+    from broker.errors import BrokerConnectionError
+
+    try:
+        yield
+    except (kombu.exceptions.OperationalError, OSError) as error:
+        url = safe_url(get_settings().broker_url)
+        raise BrokerConnectionError(url, str(error).rstrip(".") or type(error).__name__) from None
+
+
 def collect_status(worker_ids: tuple[str, ...], timeout: float) -> list[dict[str, Any]]:
     """One entry per worker: the status it reported (if up), its queue depth and consumers."""
+    with _broker_errors():
+        return _collect_status(worker_ids, timeout)
+
+
+def _collect_status(worker_ids: tuple[str, ...], timeout: float) -> list[dict[str, Any]]:
     from worker.celery_app import app
 
     settings = get_settings()
@@ -121,7 +142,7 @@ def dead_letters(limit: int, purge: bool, as_json: bool) -> None:
     settings = get_settings()
     name = topology.dead_letter_queue(settings.namespace)
     found: list[dict[str, Any]] = []
-    with app.connection_for_write() as connection:
+    with _broker_errors(), app.connection_for_write() as connection:
         if _queue_state(connection.channel, name) is None:
             click.echo(f"no dead-letter queue {name} yet: nothing was refused")
             return
