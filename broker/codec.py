@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,16 @@ _REF_ATTR_NAMES = {code: name for name, code in _REF_ATTR_CODES.items()}
 _REF_STRUCT = struct.Struct("<qB")
 _SLOT_STRUCT = struct.Struct("<I")
 _ATTACHMENT_STRUCT = struct.Struct("<QQ")
+#: How deep extension values (tuples, slices, pointers...) may nest inside each other.
+#: Each level re-enters the msgpack decoder; the limit keeps that far from the C stack.
+MAX_NESTING = 32
+#: Most items one msgpack array or map may declare: a batch holds far fewer commands,
+#: and a tensor travels as one binary, never as a list of numbers.
+MAX_CONTAINER_ITEMS = 1 << 20
+#: Most dimensions a tensor may declare (torch itself stops at 64).
+MAX_TENSOR_DIMS = 64
+#: Largest safetensors JSON header accepted: TensorFleet writes a few hundred bytes.
+MAX_TENSOR_HEADER_BYTES = 64 * 1024
 _FRAMED = 0xC1  # "never used" in msgpack: no plain message starts with it
 _FRAME_HEAD = struct.Struct("<BQ")
 
@@ -252,6 +263,10 @@ def _safetensors_header(buffer: memoryview) -> tuple[dict[str, Any], int]:
     if len(buffer) < 8:
         raise MalformedMessageError("a tensor buffer is shorter than its header")
     (header_len,) = struct.unpack_from("<Q", buffer)
+    if header_len > MAX_TENSOR_HEADER_BYTES:
+        raise MalformedMessageError(
+            f"a tensor header declares {header_len} bytes; the limit is {MAX_TENSOR_HEADER_BYTES}"
+        )
     if header_len > len(buffer) - 8:
         raise MalformedMessageError("a tensor header runs past the end of its buffer")
     try:
@@ -273,6 +288,10 @@ def _entry(
         begin, end = (int(offset) for offset in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise MalformedMessageError(f"tensor entry {name!r} is not a safetensors entry") from None
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise MalformedMessageError(
+            f"tensor entry {name!r} has {len(shape)} dimensions; the limit is {MAX_TENSOR_DIMS}"
+        )
     numel = 1
     for size in shape:
         if size < 0:
@@ -372,8 +391,36 @@ def _default(value: Any) -> msgpack.ExtType:
     raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
 
 
+_nesting = threading.local()
+
+
+def _unpack(data: bytes | memoryview, ext_hook: Callable[[int, bytes], Any]) -> Any:
+    """msgpack-decode one level, bounded: container sizes and extension nesting.
+
+    An extension value (a tuple) holds msgpack bytes that its hook decodes by
+    re-entering here, so the depth of those re-entries is counted per thread and
+    refused past :data:`MAX_NESTING` before msgpack is called again. Sizes of strings
+    and binaries are bounded by the buffer itself (msgpack's default).
+    """
+    depth = getattr(_nesting, "depth", 0)
+    if depth >= MAX_NESTING:
+        raise MalformedMessageError(f"values nest deeper than {MAX_NESTING} levels")
+    _nesting.depth = depth + 1
+    try:
+        return msgpack.unpackb(
+            data,
+            ext_hook=ext_hook,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=MAX_CONTAINER_ITEMS,
+            max_map_len=MAX_CONTAINER_ITEMS,
+        )
+    finally:
+        _nesting.depth = depth
+
+
 def _unpack_nested(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    return _unpack(data, _ext_hook)
 
 
 def _ext_ref(data: bytes) -> Ref:
@@ -562,6 +609,4 @@ def _decode_framed(view: memoryview) -> Any:
         except Exception as error:
             raise MalformedMessageError(f"an attachment does not decode ({error})") from None
 
-    return msgpack.unpackb(
-        view[_FRAME_HEAD.size : end], ext_hook=ext_hook, raw=False, strict_map_key=False
-    )
+    return _unpack(view[_FRAME_HEAD.size : end], ext_hook)

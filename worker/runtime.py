@@ -51,7 +51,8 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from broker import codec, protocol, topology
-from broker.amqp import Chunk, Reassembler
+from broker.amqp import Chunk
+from broker.chunking import Reassembler
 from broker.errors import (
     MalformedMessageError,
     MessageTooLargeError,
@@ -129,7 +130,7 @@ class Runtime:
         #: memory only: a worker that dies mid-transfer loses the parts it acknowledged, the
         #: sender's synchronising call reports it unavailable, and nothing of that message
         #: was applied (a message's commands are durable once it has run)
-        self.reassembler = Reassembler(settings.max_object_bytes)
+        self.reassembler = Reassembler(settings.max_object_bytes, ttl=settings.transfer_ttl)
         #: memory may be ahead of Redis: reload before the next message
         self.stale = True
         #: Redis is unreachable: consuming is paused until a probe succeeds
@@ -163,8 +164,17 @@ class Runtime:
                 self.wait_for_write()
                 self.store.load()
                 self.stale = False
+            self.reassembler.expire()
             if arrival.chunk is not None:
-                whole = self.reassembler.add(Chunk.from_wire(arrival.chunk), body)
+                try:
+                    whole = self.reassembler.add(
+                        Chunk.from_wire(arrival.chunk), body, arrival.user_id or ANONYMOUS
+                    )
+                except MalformedMessageError as error:  # a lying chunk header: this part only
+                    self.publisher.dead_letter_envelope(body, str(error), arrival.headers)
+                    if arrival.direct:
+                        return None
+                    raise
                 if whole is None:
                     return None
                 envelope = whole  # writable: big tensors are decoded without a copy
