@@ -92,7 +92,7 @@ _COMMAND_LENGTH = {name: arity + 1 for name, arity in protocol.COMMAND_ARITY.ite
 def derive_id(obj_id: int, worker_id: str) -> int:
     """The id a forwarded result gets at the next hop: deterministic, so redelivery repeats it."""
     digest = hashlib.blake2b(f"{obj_id}:{worker_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 100_000_000_000
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: ids are signed 64-bit on the wire
 
 
 class Middleware:
