@@ -836,7 +836,7 @@ def _validate_envelope(message: Any) -> tuple[int, str, str | None, list[Any]]:
     if not isinstance(message, dict):
         raise MalformedMessageError("the message is not a map")
     if message.get("v") != protocol.PROTOCOL_VERSION:
-        raise MalformedMessageError(f"unsupported protocol version {message.get('v')!r}")
+        raise MalformedMessageError(f"unsupported protocol version {message.get('v')!r:.40}")
     batch, sender = message.get("batch"), message.get("sender")
     reply_to, commands = message.get("reply_to"), message.get("commands")
     if type(batch) is not int or schema.check_request(batch) or schema.check_name(sender):
