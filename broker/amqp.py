@@ -210,6 +210,12 @@ def pika_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
+def broker_user(url: str) -> str:
+    """The RabbitMQ user name in a broker URL (``guest`` when it names none, as kombu does)."""
+    username = urlsplit(url).username
+    return unquote(username) if username else "guest"
+
+
 def safe_url(url: str) -> str:
     """``url`` without its password, for error messages and logs."""
     parts = urlsplit(url)

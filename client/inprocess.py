@@ -102,5 +102,8 @@ class InProcessTransport:
         # everything runs synchronously: a reply is either here now or will never come
         return self._mailbox.popleft() if self._mailbox else None
 
+    def worker_state(self, worker_id: str, timeout: float, look_for_marker: bool = False) -> None:
+        return None  # in one process every worker serves: there is nothing to ask
+
     def close(self) -> None:
         self._mailbox.clear()

@@ -9,10 +9,11 @@ store, as in PySyft.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, ClassVar
 
 from broker import protocol
-from broker.errors import TensorFleetError
+from broker.errors import TensorFleetError, WorkerUnavailableError
 from broker.protocol import PointerRecord
 from client.session import Session
 
@@ -90,8 +91,14 @@ class BaseWorker:
     def _finalize_delete(self, obj_id: int, route: tuple[str, ...] | None = None) -> None:
         self.session.enqueue_from_finalizer(self.id, (protocol.DELETE, obj_id), route)
 
-    def _request(self, command: list[Any], label: str) -> Any:
-        return self.session.request(self.id, command, label)
+    def _request(
+        self,
+        command: list[Any],
+        label: str,
+        watch: tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> Any:
+        return self.session.request(self.id, command, label, watch, timeout)
 
     # -- what users call ---------------------------------------------------------------------
     @property
@@ -103,9 +110,9 @@ class BaseWorker:
             for key, value in objects.items()
         }
 
-    def object_count(self) -> int:
-        """How many objects the worker holds."""
-        return int(self._request([protocol.COUNT, None], "count"))
+    def object_count(self, timeout: float | None = None) -> int:
+        """How many objects the worker holds (``timeout``: wait at most this long)."""
+        return int(self._request([protocol.COUNT, None], "count", timeout=timeout))
 
     def clear_objects(self, return_self: bool = True) -> BaseWorker | None:
         """Forget every object on the worker (pointers to them dangle); returns the worker."""
@@ -116,18 +123,26 @@ class BaseWorker:
         """Wait until the worker has run every command sent so far (raises their errors)."""
         self.session.synchronize(self.id)
 
+    def wait_ready(self, timeout: float | None = None) -> BaseWorker:
+        """Return the worker once it answers; an in-process worker always does."""
+        self.synchronize()
+        return self
+
     def __getitem__(self, obj_id: int) -> Any:
         return self._objects.get(obj_id)
 
     def __repr__(self) -> str:
         try:
-            count: Any = self.object_count()
+            count: Any = self.object_count(timeout=REPR_TIMEOUT)
         except TensorFleetError:  # a repr must not raise: an unreachable worker shows as '?'
             count = "?"
         return f"<{type(self).__name__} id:{self.id} #objects:{count}>"
 
     __str__ = __repr__
 
+
+#: the longest ``repr(worker)`` waits for the worker's object count before showing '?'
+REPR_TIMEOUT = 1.0
 
 _in_process_session: Session | None = None
 _fleet_session: Session | None = None
@@ -182,6 +197,31 @@ class FleetWorker(BaseWorker):
                 session.worker_factory = lambda worker_id: FleetWorker(None, id=worker_id)
                 _fleet_session = session
             return _fleet_session
+
+    def wait_ready(self, timeout: float | None = None) -> FleetWorker:
+        """Return once this worker consumes its queue and answers a ping; returns the worker.
+
+        Asks RabbitMQ for the queue's consumers (a passive declare: nothing is sent to a
+        worker that is not there), with a bounded backoff between questions, then pings.
+        After ``timeout`` (default ``TENSORFLEET_TIMEOUT``) it raises the
+        WorkerUnavailableError that says why: never started, not running, store down.
+        """
+        from broker.backoff import Backoff
+
+        timeout = self.session.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        backoff = Backoff(maximum=0.5)
+        transport = self.session.transport
+        while True:
+            left = deadline - time.monotonic()
+            state = transport.worker_state(self.id, max(left, 1.0))
+            if state is None or state.serving:
+                self.session.request(self.id, [protocol.PING, None], "ping", timeout=max(left, 1.0))
+                return self
+            if left <= 0:
+                self.session._check_worker(self.id, "wait_ready", deadline)
+                raise WorkerUnavailableError(self.id, "wait_ready", timeout)
+            time.sleep(min(backoff.next_delay(), max(left, 0.0)))
 
 
 def local_worker() -> VirtualWorker:

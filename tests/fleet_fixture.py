@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import codec, protocol
+from broker.backoff import Backoff
+from broker.errors import WorkerUnavailableError
 from broker.settings import Settings, get_settings
 from client.fleet import FleetTransport, reset_fleet_transport
 from worker.runner import purge_namespace, start_worker_process
@@ -124,7 +126,10 @@ class RunningFleet:
         pinger.publish(worker_id, body)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            reply = pinger.receive(remaining)
+            try:
+                reply = pinger.receive(remaining)
+            except WorkerUnavailableError:  # its queue is gone: not there (yet)
+                return False
             if reply is None:
                 return False
             answers = codec.decode(reply).get("replies", ())
@@ -137,6 +142,7 @@ class RunningFleet:
     ) -> None:
         """Return once every worker in ``worker_ids`` answered a ping; FleetStartError if not."""
         deadline = time.monotonic() + timeout
+        backoff = Backoff(maximum=0.5)
         for worker_id in worker_ids or self.worker_ids:
             while True:
                 process = self.processes[worker_id]
@@ -151,7 +157,11 @@ class RunningFleet:
                         f"worker {worker_id} did not answer a ping within "
                         f"{timeout:g} s:\n{self.log_tail(worker_id)}"
                     )
-                # the ping waits in the durable queue until the worker consumes it
+                # the queue and its exchange appear when the worker starts, its consumer
+                # when it is ready: ask RabbitMQ (passive declares), then ping it
+                if not self._transport().worker_state(worker_id, remaining).serving:
+                    time.sleep(backoff.next_delay())  # polls RabbitMQ's answer; no event exists
+                    continue
                 if self.ping(worker_id, min(remaining, 2.0)):
                     break
 
