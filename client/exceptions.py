@@ -23,6 +23,9 @@ from broker.errors import (
     UnboundedOperationError,
     UnknownCommandError,
     UnknownWorkerError,
+    WorkerNeverStartedError,
+    WorkerNotRunningError,
+    WorkerStoreUnavailableError,
     WorkerUnavailableError,
 )
 
@@ -49,5 +52,8 @@ __all__ = [
     "UnboundedOperationError",
     "UnknownCommandError",
     "UnknownWorkerError",
+    "WorkerNeverStartedError",
+    "WorkerNotRunningError",
+    "WorkerStoreUnavailableError",
     "WorkerUnavailableError",
 ]

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from broker import codec, protocol
+from broker.errors import TransferIncompleteError, WorkerUnavailableError
 from broker.meta import Meta
 from broker.protocol import PointerRecord
+from client import locate
 from client.pointer import PointerTensor, make_pointer, new_id
 
 
@@ -109,14 +111,40 @@ def move_pointer(wrapper: PointerTensor, destination: Any) -> Any:
     if pointer.point_to_attr is not None:
         raise ValueError(f"{pointer!r} points at an attribute; move the tensor itself")
     _check_same_fleet(pointer.location, destination)
-    pointer.location._request(
-        [protocol.SEND_TO, pointer.id_at_location, destination.id, pointer.id_at_location, None],
-        f"move to {destination.id}",
-    )
-    pointer.location = destination
-    if pointer.route is not None:
-        pointer.route = (destination.id, *pointer.route[1:])
+    source = pointer.location
+    try:
+        # the destination answers a move: a silent destination fails it fast too
+        source._request(
+            [
+                protocol.SEND_TO,
+                pointer.id_at_location,
+                destination.id,
+                pointer.id_at_location,
+                None,
+            ],
+            f"move to {destination.id}",
+            watch=(destination.id,),
+        )
+    except WorkerUnavailableError:
+        # no answer: ask both workers where the data is, point there, and say so
+        where, problem = locate.after_move(source, destination, pointer.id_at_location)
+        _point(pointer, where)
+        if problem is not None:
+            raise TransferIncompleteError(
+                pointer.id_at_location, source.id, destination.id, problem
+            ) from None
+        return wrapper
+    _point(pointer, destination)
     return wrapper
+
+
+def _point(pointer: Any, location: Any) -> None:
+    """Make ``pointer`` (a one-hop pointer, or the first hop of a chain) point at ``location``."""
+    if location is pointer.location:
+        return
+    pointer.location = location
+    if pointer.route is not None:
+        pointer.route = (location.id, *pointer.route[1:])
 
 
 def remote_get_pointer(wrapper: PointerTensor) -> Any:

@@ -160,15 +160,11 @@ def consumer_counts(worker_ids: Sequence[str], settings: Settings) -> dict[str, 
 
 
 def _answers(worker: Any, seconds: float) -> bool:
-    """Whether ``worker`` answers a ping within ``seconds``."""
-    session = worker.session
-    timeout, session.timeout = session.timeout, seconds
+    """Whether ``worker`` serves its queue and answers a ping within ``seconds``."""
     try:
-        worker.synchronize()
+        worker.wait_ready(seconds)
     except WorkerUnavailableError:
         return False
-    finally:
-        session.timeout = timeout
     return True
 
 
@@ -178,10 +174,11 @@ def _wait_until_serving(
     log_dir: Path,
     announce: Announce,
 ) -> None:
-    """Return once every worker answered a ping; WorkerUnavailableError if one did not.
+    """Return once every worker serves and answered a ping; WorkerUnavailableError if not.
 
-    A ping waits in the worker's durable queue until the worker consumes it, so no
-    sleep stands in for readiness; the process is checked between pings.
+    ``FleetWorker.wait_ready`` asks RabbitMQ for the worker's consumer (nothing is
+    published before there is one), then pings; between its rounds the process is
+    checked, so a worker that died is reported at once, not after the whole wait.
     """
     deadline = time.monotonic() + START_SECONDS
     for worker in workers:

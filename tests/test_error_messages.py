@@ -48,6 +48,7 @@ SAMPLES = {
     "principal": "carol",
     "quota": 1073741824,
     "action": "delete",
+    "location": "no longer on bob: it was sent to alice, which is not running",
 }
 
 
