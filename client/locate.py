@@ -74,7 +74,9 @@ def after_move(source: Any, destination: Any, obj_id: int) -> tuple[Any, str | N
         return destination, (
             f"no longer on {source.id}: it was sent to {destination.id}, which "
             f"{at_destination.silent_because} ({at_destination.queued} messages wait in its "
-            f"queue); it lands there once {destination.id} serves again"
+            f"queue); it lands there once {destination.id} serves again, unless "
+            f"{destination.id} had taken part of it before it stopped: then it was lost, and "
+            ".get() says so"
         )
     return destination, (
         f"on neither {source.id} nor {destination.id}: both answered that they do not hold it, "

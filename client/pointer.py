@@ -74,6 +74,7 @@ class Pointer:
         "id_at_location",
         "location",
         "meta",
+        "moving_from",
         "owner",
         "point_to_attr",
         "ref",
@@ -104,6 +105,9 @@ class Pointer:
         #: for a pointer to a pointer: the worker ids the chain passes, first hop first (commands
         #: on it are forwarded along them); None for a pointer straight to data
         self.route = route
+        #: the worker a move that did not report done left from (client/locate.py), until
+        #: the pointer is known to point where the data is
+        self.moving_from: BaseWorker | None = None
 
     def __del__(self) -> None:
         if self.garbage_collect_data and self.point_to_attr is None:

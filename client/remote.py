@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from broker import codec, protocol
-from broker.errors import TransferIncompleteError, WorkerUnavailableError
+from broker.errors import ObjectNotFoundError, TransferIncompleteError, WorkerUnavailableError
 from broker.meta import Meta
 from broker.protocol import PointerRecord
 from client import locate
@@ -83,7 +83,20 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
 def get_pointer(wrapper: PointerTensor) -> Any:
     """``ptr.get()``: the object comes here and the worker forgets it."""
     pointer = wrapper.child
-    payload = pointer.location._request([protocol.GET, pointer.ref, None], "get")
+    try:
+        payload = pointer.location._request([protocol.GET, pointer.ref, None], "get")
+    except ObjectNotFoundError:
+        source = pointer.moving_from
+        if source is None:
+            raise
+        # a move that did not report done led here: say what became of the data
+        _, problem = locate.after_move(source, pointer.location, pointer.id_at_location)
+        if problem is None:
+            raise
+        raise TransferIncompleteError(
+            pointer.id_at_location, source.id, pointer.location.id, problem
+        ) from None
+    pointer.moving_from = None
     if pointer.point_to_attr is not None:
         return payload
     pointer.garbage_collect_data = False
@@ -111,28 +124,21 @@ def move_pointer(wrapper: PointerTensor, destination: Any) -> Any:
     if pointer.point_to_attr is not None:
         raise ValueError(f"{pointer!r} points at an attribute; move the tensor itself")
     _check_same_fleet(pointer.location, destination)
-    source = pointer.location
+    source, obj_id = pointer.location, pointer.id_at_location
     try:
         # the destination answers a move: a silent destination fails it fast too
         source._request(
-            [
-                protocol.SEND_TO,
-                pointer.id_at_location,
-                destination.id,
-                pointer.id_at_location,
-                None,
-            ],
+            [protocol.SEND_TO, obj_id, destination.id, obj_id, None],
             f"move to {destination.id}",
             watch=(destination.id,),
         )
     except WorkerUnavailableError:
         # no answer: ask both workers where the data is, point there, and say so
-        where, problem = locate.after_move(source, destination, pointer.id_at_location)
+        where, problem = locate.after_move(source, destination, obj_id)
         _point(pointer, where)
+        pointer.moving_from = source if problem is not None and where is destination else None
         if problem is not None:
-            raise TransferIncompleteError(
-                pointer.id_at_location, source.id, destination.id, problem
-            ) from None
+            raise TransferIncompleteError(obj_id, source.id, destination.id, problem) from None
         return wrapper
     _point(pointer, destination)
     return wrapper
