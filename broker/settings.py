@@ -37,8 +37,14 @@ Variables and defaults:
   failed (so a later use of its result reports that error, not a missing object).
 - ``TENSORFLEET_TRANSFER_TTL`` = ``600``: seconds a worker keeps the parts of a chunked
   message whose last part has not arrived; the parts are then dropped.
-- ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts before a client gives up.
+- ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts a waiting call sits
+  through before it gives up with ``BrokerConnectionError`` (the client keeps reconnecting in
+  the background, with a backoff of at most 2 s, so the first call after the broker is back
+  succeeds).
 - ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
+- ``TENSORFLEET_WORKER_USER`` (unset): for clients, the RabbitMQ user the fleet's workers share
+  when they do not each have their own (``<ns>.worker.<id>``); replies published by it are
+  believed. Unset: the client's own user (every party shares one account, like ``guest``).
 - ``TENSORFLEET_DATASETS`` (unset): datasets a worker's operator hosts, ``NAME=PATH`` entries
   separated by ``,`` (safetensors files; ``tensorfleet worker --dataset`` sets it); see
   worker/datasets.py.
@@ -87,6 +93,7 @@ class Settings:
     transfer_ttl: int = 600
     connect_retries: int = 5
     worker_id: str | None = None
+    worker_user: str | None = None
     datasets: tuple[str, ...] = ()
 
     @classmethod
@@ -159,6 +166,7 @@ class Settings:
                 if raw("WORKER_ID") is None
                 else _name(raw("WORKER_ID"), "WORKER_ID", _WORKER_ID_PATTERN, "")
             ),
+            worker_user=raw("WORKER_USER"),
         )
 
 

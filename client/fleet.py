@@ -387,7 +387,7 @@ class FleetTransport:
         """Whether a reply published as RabbitMQ user ``user_id`` comes from a worker."""
         if not user_id:
             return False
-        if user_id == self.user:  # every party shares one account (the default guest)
+        if user_id == (self.settings.worker_user or self.user):  # the workers' shared account
             return True
         return topology.worker_id_from_queue(user_id, self.settings.namespace) is not None
 

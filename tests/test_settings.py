@@ -17,6 +17,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.batch_size == 1000
     assert settings.max_message_bytes < RABBITMQ_MAX_MESSAGE_BYTES
     assert settings.worker_id is None
+    assert settings.worker_user is None
 
 
 def test_every_variable_is_read() -> None:
@@ -33,6 +34,7 @@ def test_every_variable_is_read() -> None:
             "TENSORFLEET_BATCH_TTL": "60",
             "TENSORFLEET_CONNECT_RETRIES": "0",
             "TENSORFLEET_WORKER_ID": "secure_worker",
+            "TENSORFLEET_WORKER_USER": "guest",
         }
     )
     expected = {
@@ -47,6 +49,7 @@ def test_every_variable_is_read() -> None:
         "batch_ttl": 60,
         "connect_retries": 0,
         "worker_id": "secure_worker",
+        "worker_user": "guest",
     }
     assert {name: getattr(settings, name) for name in expected} == expected
 
