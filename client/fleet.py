@@ -88,7 +88,7 @@ class FleetTransport:
         suffix = client_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.reply_address = topology.client_reply_queue(self.user, suffix, self.settings.namespace)
         self._url = safe_url(self.settings.broker_url)
-        self._outbox: deque[tuple[str, Body]] = deque()
+        self._outbox: deque[tuple[str, Body, bool]] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._inbox: queue.SimpleQueue[Body | BaseException] = queue.SimpleQueue()
         self._reassembler = Reassembler(self.settings.max_object_bytes)
@@ -114,12 +114,16 @@ class FleetTransport:
         self._start()
 
     # ------------------------------------------------------------------ Transport
-    def publish(self, worker_id: str, body: Body) -> None:
-        """Queue ``body`` for worker ``worker_id``; returns before it is sent."""
+    def publish(self, worker_id: str, body: Body, resend: bool = False) -> None:
+        """Queue ``body`` for worker ``worker_id``; returns before it is sent.
+
+        ``resend``: the batch was sent before and its reply did not come (see
+        :data:`~broker.amqp.RESEND_HEADER`).
+        """
         if self._closing:
             raise BrokerConnectionError(self._url, "this transport was closed")
         topology.worker_queue(worker_id, self.settings.namespace)  # a bad id fails here, not later
-        self._outbox.append((worker_id, body))
+        self._outbox.append((worker_id, body, resend))
         self._wake()
 
     def receive(self, timeout: float) -> Body | None:
@@ -310,8 +314,8 @@ class FleetTransport:
                 future.set_exception(error)
                 raise
         while self._outbox:
-            worker_id, body = self._outbox[0]
-            self._publish_batch(worker_id, body)
+            worker_id, body, resend = self._outbox[0]
+            self._publish_batch(worker_id, body, resend)
             self._outbox.popleft()
 
     def _passive_queue(self, name: str) -> tuple[int, int] | None:
@@ -349,7 +353,7 @@ class FleetTransport:
             return False
         return True
 
-    def _publish_batch(self, worker_id: str, body: Body) -> None:
+    def _publish_batch(self, worker_id: str, body: Body, resend: bool = False) -> None:
         channel = self._channel
         assert channel is not None
         namespace = self.settings.namespace
@@ -363,7 +367,7 @@ class FleetTransport:
         routing_key = topology.worker_queue(worker_id, namespace)
         for chunk, part in split_pieces(body, self.settings.max_message_bytes):
             task_id = new_task_id()
-            headers, payload = task_message(part, task_id, self.client_id, chunk)
+            headers, payload = task_message(part, task_id, self.client_id, chunk, resend=resend)
             properties = pika.BasicProperties(
                 headers=headers,
                 reply_to=self.reply_address,

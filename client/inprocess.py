@@ -95,7 +95,7 @@ class InProcessTransport:
         self.reply_address = reply_address
         self._mailbox = hub.mailbox(reply_address)
 
-    def publish(self, worker_id: str, body: Body) -> None:
+    def publish(self, worker_id: str, body: Body, resend: bool = False) -> None:
         self.hub.deliver(worker_id, body, self.reply_address)
 
     def receive(self, timeout: float) -> Body | None:

@@ -89,6 +89,11 @@ class Session:
         self._batches = itertools.count(random.getrandbits(40))
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._errors: list[Exception] = []
+        #: batches sent again because the transport reconnected while a call waited
+        self.resent_batches = 0
+        #: the batches a request's flush sent, per worker (kept while ``_keep_sent``)
+        self._sent: dict[str, codec.Body] = {}
+        self._keep_sent = False
         #: request ids whose caller stopped waiting: their late replies are dropped
         self._abandoned: set[int] = set()
         #: workers that could not answer last time: asked about before the next request
@@ -177,6 +182,8 @@ class Session:
                 )
             )
             self.transport.publish(worker_id, body)
+            if self._keep_sent:
+                self._sent[worker_id] = body
 
     # ------------------------------------------------------------------ requests
     def request(
@@ -200,9 +207,16 @@ class Session:
                 self._check_worker(suspect, label, time.monotonic() + self.timeout)
         request_id = next(self._requests)
         command[-1] = request_id
-        self.enqueue(worker_id, command)
-        self.flush()
-        return self.wait(request_id, worker_id, label, watch, timeout)
+        with self._flush_lock:  # keep the batch the request goes in, to send it again
+            self._keep_sent = True
+            try:
+                self.enqueue(worker_id, command)
+                self._flush_locked()
+                sent = self._sent.get(worker_id)
+            finally:
+                self._keep_sent = False
+                self._sent.clear()
+        return self.wait(request_id, worker_id, label, watch, timeout, sent)
 
     def _barrier(self) -> None:
         """Wait until work forwarded along pointer chains has landed at every hop.
@@ -232,8 +246,14 @@ class Session:
         label: str,
         watch: tuple[str, ...] = (),
         timeout: float | None = None,
+        sent: codec.Body | None = None,
     ) -> Any:
         """Wait for the reply to ``request_id``.
+
+        ``sent`` is the batch the request went in: if the transport reconnects meanwhile
+        (a dropped connection takes the exclusive reply queue, and any reply in it, along)
+        the batch is sent again, marked as a resend, and the worker replays its replies
+        if it ran it already.
 
         A reply that is not there after :data:`PROBE_AFTER` seconds makes the client
         ask the broker whether anybody serves the workers the answer depends on, and
@@ -247,8 +267,15 @@ class Session:
         deadline = started + timeout
         next_probe = started + min(PROBE_AFTER, timeout)
         workers = (worker_id, *watch)
+        generation = getattr(self.transport, "generation", 0)
+        resent = False
         try:
             while request_id not in self._replies:
+                if sent is not None and getattr(self.transport, "generation", 0) != generation:
+                    generation = self.transport.generation  # type: ignore[attr-defined]
+                    self.transport.publish(worker_id, sent, resend=True)
+                    self.resent_batches += 1
+                    resent = True
                 now = time.monotonic()
                 try:
                     body = self.transport.receive(max(min(deadline, next_probe) - now, 0.0))
@@ -272,6 +299,8 @@ class Session:
             self._abandoned.add(request_id)
             raise
         ok, payload = self._replies.pop(request_id)
+        if resent:
+            self._abandoned.add(request_id)  # a second reply may come: nobody reads it
         self._suspects.difference_update(workers)
         self._store_notices.difference_update(workers)
         self.raise_pending_errors()

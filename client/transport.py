@@ -41,8 +41,12 @@ class Transport(Protocol):
     #: The address workers send replies to (a reply queue name, or a mailbox name).
     reply_address: str
 
-    def publish(self, worker_id: str, body: Body) -> None:
-        """Queue one message for ``worker_id``; never waits for it to run."""
+    def publish(self, worker_id: str, body: Body, resend: bool = False) -> None:
+        """Queue one message for ``worker_id``; never waits for it to run.
+
+        ``resend``: the same batch again, after its reply was lost (the worker replays
+        a batch it ran instead of running it twice).
+        """
 
     def receive(self, timeout: float) -> Body | None:
         """The next reply message for this client, or None if none came within ``timeout``."""

@@ -8,8 +8,10 @@ private node (tests/private_servers.py), never the shared one.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,12 @@ from fleet_fixture import fleet
 from private_servers import private_rabbitmq
 
 import client as sy
+from broker import codec, protocol
 from broker.backoff import Backoff
 from broker.errors import TransferIncompleteError
-from client.fleet import get_fleet_transport
+from broker.protocol import Ref
+from broker.settings import get_settings
+from client.fleet import FleetTransport, get_fleet_transport, reset_fleet_transport
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,110 @@ def check_in_transit_claim(x: Any, bob: Any, alice: Any, data: torch.Tensor) -> 
     with pytest.raises(TransferIncompleteError) as raised:  # not a bare ObjectNotFoundError
         x.get()
     assert "on neither bob nor alice" in str(raised.value)
+
+
+# ------------------------------------------------------------------ dropped connections
+
+
+def test_a_resent_batch_runs_once_and_only_its_replies_come_again(pair: Any) -> None:
+    """A client whose reply was lost sends the batch again (resend): the worker replays."""
+    transport = FleetTransport(pair.settings, client_id=f"resend-{uuid.uuid4().hex[:8]}")
+    try:
+        obj = uuid.uuid4().int % 2**62
+
+        def batch(number: int, commands: list[Any]) -> Any:
+            envelope = protocol.envelope(number, "resender", transport.reply_address, commands)
+            return codec.encode(envelope)
+
+        def replies(count: int) -> list[Any]:
+            found: list[Any] = []
+            while len(found) < count:
+                body = transport.receive(30)
+                assert body is not None, found
+                found.extend(codec.decode(body)["replies"])
+            return found
+
+        transport.publish("bob", batch(1, [[protocol.STORE, obj, torch.zeros(2), 1]]))
+        ((request, ok, _),) = replies(1)
+        assert request == 1 and ok
+        add = batch(2, [[protocol.OP, "Tensor.add_", [Ref(obj), 1], {}, [], False, 2]])
+        transport.publish("bob", add)
+        transport.publish("bob", add, resend=True)
+        first, second = replies(2)
+        assert first[0] == second[0] == 2 and first[1] and second[1]
+        transport.publish("bob", batch(3, [[protocol.GET, Ref(obj), 3]]))
+        ((request, ok, value),) = replies(1)
+        assert request == 3 and ok and torch.equal(value, torch.ones(2))  # added once
+    finally:
+        transport.close()
+
+
+def test_a_reply_lost_with_a_dropped_connection_is_sent_again(pair: Any) -> None:
+    """The exclusive reply queue goes with a dropped connection, and a reply sent while
+    the client is away is lost. Here the client (a RabbitMQ user of its own) is kept
+    away until bob has answered into the void; once it is back, the waiting call sends
+    its batch again, bob replays what it ran, and the answer comes, with in-place work
+    done once."""
+    user, password = f"dora-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    _rabbitmqctl("add_user", user, password)
+    grant = ("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+    _rabbitmqctl(*grant)
+    saved = {name: os.environ.get(name) for name in _CLIENT_VARIABLES}
+    os.environ["TENSORFLEET_BROKER_URL"] = f"amqp://{user}:{password}@127.0.0.1:5672//"
+    os.environ["TENSORFLEET_WORKER_USER"] = "guest"  # the fixture's workers share guest
+    os.environ["TENSORFLEET_CONNECT_RETRIES"] = "1000"  # the call waits for the broker
+    get_settings.cache_clear()
+    reset_fleet_transport()
+    try:
+        hook = sy.TorchHook(torch)
+        bob = sy.FleetWorker(hook, id="bob")
+        counter = torch.zeros(1).send(bob)
+        bob.synchronize()
+        transport = get_fleet_transport()
+        connection = _connection_pid(transport.client_id)
+
+        counter.add_(1)  # in place: it must run exactly once
+        outcome: dict[str, Any] = {}
+        _rabbitmqctl("clear_permissions", "-p", "/", user)  # dora cannot come back yet
+        getter = threading.Thread(target=lambda: outcome.setdefault("value", counter.get()))
+        getter.start()
+        _rabbitmqctl("close_connection", connection, "test drop")
+        assert pair.ping("bob", 60)  # bob ran dora's get (FIFO) and its reply was lost
+        assert getter.is_alive()
+        _rabbitmqctl(*grant)  # dora reconnects, sends the batch again, bob replays
+        getter.join(timeout=120)
+        assert not getter.is_alive()
+        assert torch.equal(outcome["value"], torch.ones(1))
+        assert bob.session.resent_batches >= 1
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
+        reset_fleet_transport()
+        _rabbitmqctl("delete_user", user)
+
+
+_CLIENT_VARIABLES = (
+    "TENSORFLEET_BROKER_URL",
+    "TENSORFLEET_WORKER_USER",
+    "TENSORFLEET_CONNECT_RETRIES",
+)
+
+
+def _connection_pid(name_part: str) -> str:
+    """RabbitMQ's pid of the connection whose name contains ``name_part``."""
+    listing = _rabbitmqctl("list_connections", "pid", "client_properties", "--no-table-headers")
+    (pid,) = [line.partition("\t")[0] for line in listing.splitlines() if name_part in line]
+    return pid
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 # ------------------------------------------------------------------ broker restart
