@@ -174,6 +174,8 @@ class FleetTransport:
             start = self._failed_attempts
             self._retry_now.set()  # a caller is waiting: do not sit out the backoff
             while self._connection is None:
+                if self._closing:
+                    raise BrokerConnectionError(self._url, "this transport was closed")
                 failed = self._failed_attempts - start
                 left = deadline - time.monotonic()
                 if failed >= max(self.settings.connect_retries, 1) or left <= 0:

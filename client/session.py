@@ -359,7 +359,9 @@ class Session:
                 if _is_store_notice(payload):
                     # the worker put our message back and stopped taking messages until
                     # its Redis answers: nothing failed, so it is not an error of ours
-                    self._store_notices.add(str(payload.get("worker") or ""))
+                    worker_id = str(payload.get("worker") or "")
+                    self._store_notices.add(worker_id)
+                    self._suspects.add(worker_id)  # ask before sending it anything more
                     continue
                 self._errors.append(error_from_wire(payload))
             elif request_id in self._abandoned:
