@@ -16,9 +16,10 @@ the worker's own direct exchange ``<ns>.worker.<id>`` (declared by the worker;
 the client declares nothing of a worker's), published ``mandatory`` so a batch
 that reaches no queue comes back and is reported, never lost in silence. Replies
 come to an exclusive queue ``<ns>.reply.<user>.<suffix>`` nobody else can read,
-and are believed only if RabbitMQ says a worker published them: ``user_id`` is a
-worker's user (``<ns>.worker.<id>``) or, in fleets where every party shares one
-account, that shared account. Anything else is dropped and counted.
+and are believed only if RabbitMQ says a worker published them: ``user_id`` is the
+user (``<ns>.worker.<id>``) of a worker this client talks to or, in fleets where
+every party shares one account, that shared account. Anything else is dropped and
+counted.
 
 A dropped connection is re-opened in one place (:meth:`FleetTransport._run`),
 with the bounded backoff of :mod:`broker.backoff`, for as long as the transport
@@ -98,6 +99,9 @@ class FleetTransport:
         self._exchanges: set[str] = set()
         self._wake_pending = False
         self._closing = False
+        #: which workers may answer this client (set by its session: the workers it has
+        #: handles for, every hop of its chains included); None: any of the namespace
+        self.expected_workers: Callable[[str], bool] | None = None
         #: replies dropped because RabbitMQ said no worker published them
         self.forged_replies = 0
         #: successful connections so far (a new one means a new reply queue)
@@ -395,7 +399,10 @@ class FleetTransport:
             return False
         if user_id == (self.settings.worker_user or self.user):  # the workers' shared account
             return True
-        return topology.worker_id_from_queue(user_id, self.settings.namespace) is not None
+        worker_id = topology.worker_id_from_queue(user_id, self.settings.namespace)
+        if worker_id is None:
+            return False
+        return self.expected_workers is None or self.expected_workers(worker_id)
 
     def _on_reply(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         if not self.trusted_sender(properties.user_id):

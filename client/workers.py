@@ -195,6 +195,8 @@ class FleetWorker(BaseWorker):
                     flush_interval=settings.flush_interval,
                 )
                 session.worker_factory = lambda worker_id: FleetWorker(None, id=worker_id)
+                # replies are believed only from workers this session talks to
+                transport.expected_workers = session.workers.__contains__
                 _fleet_session = session
             return _fleet_session
 

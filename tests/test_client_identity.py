@@ -153,3 +153,37 @@ def test_a_client_with_its_own_user_publishes_as_that_user(one: Any) -> None:
     finally:
         carol.close()
         _rabbitmqctl("delete_user", user)
+
+
+def test_a_reply_from_a_worker_the_client_never_talked_to_is_dropped(one: Any) -> None:
+    """A RabbitMQ user named like a worker of the namespace (eve) is still not a worker
+    this client sent anything to: its replies are dropped too."""
+    hook = sy.TorchHook(torch)
+    bob = sy.FleetWorker(hook, id="bob")
+    data = torch.arange(3.0)
+    x = data.send(bob)
+    bob.synchronize()
+    eve, password = topology.worker_user("eve", one.namespace), uuid.uuid4().hex
+    _rabbitmqctl("add_user", eve, password)
+    _rabbitmqctl("set_permissions", "-p", "/", eve, ".*", ".*", ".*")
+    url = pika.URLParameters(pika_url(one.settings.broker_url))
+    url.credentials = pika.PlainCredentials(eve, password)
+    connection = pika.BlockingConnection(url)
+    try:
+        transport = get_fleet_transport()
+        dropped = transport.forged_replies
+        upcoming = next(bob.session._requests)
+        channel = connection.channel()
+        for request_id in range(upcoming, upcoming + 3):
+            channel.basic_publish(
+                "",
+                transport.reply_address,
+                forged_reply(request_id, torch.full((3,), 666.0)),
+                pika.BasicProperties(user_id=eve, **message_properties()),
+            )
+        assert torch.equal(x.get(), data)
+        bob.synchronize()
+        assert transport.forged_replies >= dropped + 1
+    finally:
+        connection.close()
+        _rabbitmqctl("delete_user", eve)

@@ -5,7 +5,8 @@ with the WorkerUnavailableError subclass that says why, instead of waiting out
 ``TENSORFLEET_TIMEOUT``; ``repr(worker)`` never waits that long; ``wait_ready`` returns
 once a worker serves. Consumers are a fleet-only notion, so these are fleet tests,
 each on a fleet of its own (they kill and restart workers and stores); the
-behaviour that exists in-process (``repr``, ``wait_ready``) runs on both kinds.
+behaviour that exists in-process (``repr``, ``wait_ready``) runs on both kinds in
+tests/test_worker_ready.py.
 """
 
 from __future__ import annotations
@@ -104,13 +105,6 @@ def test_a_killed_worker_fails_fast_then_serves_again_with_its_data(pair: Any) -
     pair.start("alice", wait=False)
     assert alice.wait_ready(120) is alice
     assert torch.equal(x.get(), torch.tensor([1.0, 2.0, 3.0]))
-
-
-def test_wait_ready_and_repr_on_every_worker_kind(bob: Any) -> None:
-    assert bob.wait_ready(30) is bob
-    started = time.monotonic()
-    assert repr(bob) == f"<{type(bob).__name__} id:bob #objects:0>"
-    assert time.monotonic() - started < FAST
 
 
 # ------------------------------------------------------------------ store down
