@@ -176,7 +176,8 @@ class FleetTransport:
         deadline = time.monotonic() + timeout
         with self._state:
             start = self._failed_attempts
-            self._retry_now.set()  # a caller is waiting: do not sit out the backoff
+            if self._connection is None:
+                self._retry_now.set()  # a caller is waiting: do not sit out the backoff
             while self._connection is None:
                 if self._closing:
                     raise BrokerConnectionError(self._url, "this transport was closed")
