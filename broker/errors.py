@@ -256,6 +256,17 @@ class GetNotPermittedError(TensorFleetError):
         )
 
 
+class DatasetNotFoundError(TensorFleetError):
+    """A search for one tensor of a hosted dataset found none, or more than one."""
+
+    def __init__(self, worker: str, query: str, found: int) -> None:
+        super().__init__(
+            f'Worker "{worker}" has {found} tensors tagged {query}, and a dataset share needs '
+            f"exactly one: check the tags with {worker}.search(...), and that {worker} hosts the "
+            "dataset (tensorfleet worker --dataset NAME=PATH, or VirtualWorker(..., data=[...]))."
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -288,6 +299,7 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         QuotaExceededError,
         PermissionDeniedError,
         GetNotPermittedError,
+        DatasetNotFoundError,
         RemoteExecutionError,
     )
 }

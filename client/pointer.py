@@ -436,6 +436,12 @@ class PointerTensor(torch.Tensor):
     """A tensor whose data lives on a worker (PySyft's ``(Wrapper)>[PointerTensor ...]``)."""
 
     child: Pointer
+    #: set on pointers ``worker.search`` returns: the object's tags and description (PySyft),
+    #: and whether the worker's operator hosts it privately (then it may be computed on, but
+    #: ``.get()``, ``.move()`` and ``.send()`` raise GetNotPermittedError)
+    tags: set[str] | None = None
+    description: str | None = None
+    private: bool = False
 
     @staticmethod
     def _wrap(pointer: Pointer) -> Any:

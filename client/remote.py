@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from broker import codec, protocol
+from broker.errors import GetNotPermittedError
 from broker.meta import Meta
 from broker.protocol import PointerRecord
 from client.pointer import PointerTensor, make_pointer, new_id
@@ -60,6 +61,8 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
         raise NotImplementedError("A pointer can be sent onward to one worker at a time.")
     location = _check_worker(locations[0])
     pointer = wrapper.child
+    if wrapper.private:  # hosted data: its worker refuses get and move; sending it on is no other
+        raise GetNotPermittedError(pointer.id_at_location, pointer.location.id)
     if pointer.point_to_attr is not None:
         raise ValueError(f"{pointer!r} points at an attribute; send .clone() of it instead")
     _check_same_fleet(pointer.location, location)

@@ -55,9 +55,16 @@ class RunningFleet:
     """Worker processes of one namespace, with controls for crash and restart tests."""
 
     def __init__(
-        self, worker_ids: Sequence[str], namespace: str, env: Mapping[str, str], log_dir: Path
+        self,
+        worker_ids: Sequence[str],
+        namespace: str,
+        env: Mapping[str, str],
+        log_dir: Path,
+        datasets: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.worker_ids = tuple(worker_ids)
+        #: worker id -> the NAME=PATH datasets it hosts (``tensorfleet worker --dataset``)
+        self.datasets = {key: tuple(value) for key, value in (datasets or {}).items()}
         self.namespace = namespace
         self.env = dict(env)
         self.log_dir = log_dir
@@ -74,7 +81,12 @@ class RunningFleet:
             raise RuntimeError(f"worker {worker_id} is already running")
         with open(self.log_path(worker_id), "ab") as log:
             self.processes[worker_id] = start_worker_process(
-                worker_id, self.env, log=log, cwd=REPO, die_with_parent=True
+                worker_id,
+                self.env,
+                log=log,
+                cwd=REPO,
+                die_with_parent=True,
+                datasets=self.datasets.get(worker_id, ()),
             )
         if wait:
             self.wait_ready([worker_id])
@@ -185,13 +197,17 @@ def new_namespace() -> str:
 
 @contextlib.contextmanager
 def fleet(
-    worker_ids: Sequence[str], namespace: str | None = None, env: Mapping[str, str] | None = None
+    worker_ids: Sequence[str],
+    namespace: str | None = None,
+    env: Mapping[str, str] | None = None,
+    datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[RunningFleet]:
     """Run ``tensorfleet worker <id>`` for every id in a fresh namespace; see the module doc.
 
     ``env`` adds environment variables for the workers (for example a small
     ``TENSORFLEET_MAX_MESSAGE_BYTES``); this process keeps its own settings
-    except for the namespace.
+    except for the namespace. ``datasets`` maps a worker id to the ``NAME=PATH``
+    datasets it hosts (``--dataset``).
     """
     namespace = namespace or new_namespace()
     worker_env = {**os.environ, **(env or {}), "TENSORFLEET_NAMESPACE": namespace}
@@ -201,7 +217,7 @@ def fleet(
     get_settings.cache_clear()
     reset_fleet_transport()
     with tempfile.TemporaryDirectory(prefix=f"{namespace}-") as log_dir:
-        running = RunningFleet(worker_ids, namespace, worker_env, Path(log_dir))
+        running = RunningFleet(worker_ids, namespace, worker_env, Path(log_dir), datasets)
         try:
             for worker_id in worker_ids:
                 running.start(worker_id, wait=False)

@@ -48,6 +48,8 @@ SAMPLES = {
     "principal": "carol",
     "quota": 1073741824,
     "action": "delete",
+    "query": "#digits #data",
+    "found": 0,
 }
 
 
