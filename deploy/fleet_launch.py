@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,15 @@ def fleet_workers(
 
 @contextlib.contextmanager
 def private_fleet(
-    worker_ids: Sequence[str], hook: Any, announce: Announce = _quiet
+    worker_ids: Sequence[str],
+    hook: Any,
+    announce: Announce = _quiet,
+    datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[list[Any]]:
-    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after."""
+    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after.
+
+    ``datasets`` maps a worker id to the ``NAME=PATH`` datasets it hosts (``--dataset``).
+    """
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
     namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _switch_namespace(namespace)
@@ -94,7 +100,10 @@ def private_fleet(
         for worker_id in worker_ids:
             with open(log_dir / f"{worker_id}.log", "wb") as log:
                 processes[worker_id] = start_worker_process(
-                    worker_id, log=log, die_with_parent=True
+                    worker_id,
+                    log=log,
+                    die_with_parent=True,
+                    datasets=(datasets or {}).get(worker_id, ()),
                 )
         try:
             _wait_until_serving(workers, processes, log_dir, announce)
