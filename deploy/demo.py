@@ -439,7 +439,10 @@ def demo_workers(
     if fleet and hosted is not None:
         from deploy.fleet_launch import private_fleet
 
-        announce("--hosted: the owners load their shares at start (--dataset), so on a fleet")
+        announce(
+            "--hosted: the owners load their shares when they start (--dataset), so the demo "
+            "starts a private fleet"
+        )
         options = {owner: [f"{dataset}={path}"] for owner, path in hosted.items()}
         context = private_fleet(ids, hook, announce, datasets=options)
     elif fleet:
