@@ -36,8 +36,10 @@ MAX_QUERY = 64
 def tag(tensor: torch.Tensor, *tags: str) -> torch.Tensor:
     """``t.tag("#digits", "#data")``: add tags (kept with the object where it is hosted)."""
     for item in tags:
-        if not isinstance(item, str) or not item:
-            raise TypeError(f"a tag is a non-empty string such as '#digits', not {item!r}")
+        if not isinstance(item, str) or not item or len(item.split()) != 1:
+            raise TypeError(
+                f"a tag is a non-empty string without spaces such as '#digits', not {item!r}"
+            )
     current = getattr(tensor, "tags", None) or set()
     tensor.tags = set(current) | set(tags)  # type: ignore[attr-defined]
     return tensor

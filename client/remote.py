@@ -50,6 +50,10 @@ def send_tensor(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
     obj_id = new_id()
     location._enqueue([protocol.STORE, obj_id, codec.tensor_ext(tensor), None])
     pointer = make_pointer(location, obj_id, local_meta(tensor))
+    extra = tensor.__dict__
+    if extra:  # tags and description are copied to the pointer (and stored with the object)
+        pointer.tags = set(extra["tags"]) if extra.get("tags") else None
+        pointer.description = extra.get("description")
     if tensor.requires_grad and tensor.is_leaf and tensor.grad is None:
         pointer.child.grad_cleared_epoch = location.backward_epoch
     return pointer

@@ -94,6 +94,21 @@ def test_get_move_and_send_are_refused_and_the_pointer_stays_usable(owners, host
     assert bob.object_count() == 0
 
 
+def test_tags_and_description_travel_with_a_sent_tensor(bob):
+    x = torch.tensor([1.0, 2.0]).tag("#fun", "#x").describe("two numbers")
+    pointer = x.send(bob)
+    assert pointer.tags == {"#fun", "#x"} and pointer.description == "two numbers"
+    (found,) = bob.search("#fun", "#x")
+    assert found.id_at_location == pointer.id_at_location
+    assert not found.private and not found.gc
+    back = found.get()  # the caller's own object: it may take it
+    assert torch.equal(back, x) and back.tags == {"#fun", "#x"}
+    assert back.description == "two numbers"
+    assert bob.search("#fun") == []
+    with pytest.raises(TypeError, match="without spaces"):
+        torch.ones(1).tag("#two words")
+
+
 def test_a_missing_share_is_named_with_the_worker_and_the_tags(owners):
     bob, _ = owners
     with pytest.raises(DatasetNotFoundError, match=r'"bob" has 0 tensors tagged #absent #data'):
