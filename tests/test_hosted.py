@@ -159,9 +159,11 @@ def test_a_plan_runs_on_hosted_data(owners, hosted_files):
         return torch.relu(x).sum(dim=1)
 
     share = BaseDataset.from_search(bob, "#toy")
-    result = scores.send(bob)(share.data[:10])
-    expected = file_tensors(hosted_files, "bob")["data"][:10]
-    assert torch.allclose(result.get(), torch.relu(expected).sum(dim=1))
+    plan = scores.send(bob)
+    expected = file_tensors(hosted_files, "bob")["data"]
+    assert torch.allclose(plan(share.data).get(), torch.relu(expected).sum(dim=1))
+    assert torch.allclose(plan(share.data[:10]).get(), torch.relu(expected[:10]).sum(dim=1))
+    assert torch.allclose(share.data.sum().get(), expected.sum())  # the data is untouched
 
 
 # ------------------------------------------------------------------ the worker's --dataset
@@ -195,3 +197,15 @@ def test_the_worker_command_documents_and_checks_its_dataset_option(tmp_path):
         prog_name="tensorfleet",
     )
     assert refused.exit_code == 2 and "dataset a given more than once" in refused.output
+
+
+def test_a_restarted_fleet_worker_hosts_the_same_data_under_the_same_ids(fleet, hook):
+    """Pointers found before a crash keep working after it: hosted ids are stable."""
+    alice = sy.FleetWorker(hook, id="alice")
+    (data,) = alice.search("#toy", "#data")
+    before = data.sum().get()
+    fleet.kill("alice")
+    fleet.start("alice")
+    (again,) = alice.search("#toy", "#data")
+    assert again.id_at_location == data.id_at_location
+    assert torch.equal(data.sum().get(), before)
