@@ -425,8 +425,9 @@ def demo_workers(
 
     With ``hosted`` (owner id -> safetensors file of its share), each owner hosts its
     share as its operator's private data named ``dataset``: in-process through
-    ``VirtualWorker(..., data=[...])``, on a fleet through ``tensorfleet worker
-    --dataset``, so always on a private fleet started for the run.
+    ``VirtualWorker(..., data=[...])``; on a fleet, the running fleet's workers if they
+    all serve and every owner already hosts ``#dataset`` (``tensorfleet worker
+    --dataset``), else a private fleet whose owners load the files with ``--dataset``.
 
     No worker is cleared: the run deletes what it makes (:func:`run_demo`), and a
     private fleet is deleted as a whole afterwards.
@@ -437,14 +438,29 @@ def demo_workers(
     ids = [*owner_ids, AGGREGATOR]
     context: contextlib.AbstractContextManager[list[Any]]
     if fleet and hosted is not None:
-        from deploy.fleet_launch import private_fleet
+        from deploy.fleet_launch import private_fleet, serving_workers
 
-        announce(
-            "--hosted: the owners load their shares when they start (--dataset), so the demo "
-            "starts a private fleet"
-        )
-        options = {owner: [f"{dataset}={path}"] for owner, path in hosted.items()}
-        context = private_fleet(ids, hook, announce, datasets=options)
+        running = serving_workers(ids, hook)
+        if running is not None and all(
+            len(owner.search(f"#{dataset}", tag)) == 1
+            for owner in running[:-1]
+            for tag in ("#data", "#target")
+        ):
+            from broker.settings import get_settings
+
+            announce(
+                f"--hosted: using the running fleet (namespace {get_settings().namespace}), "
+                f"whose owners {', '.join(owner_ids)} host #{dataset}: their own shares are "
+                "used, not the demo's files"
+            )
+            context = contextlib.nullcontext(running)
+        else:
+            announce(
+                f"--hosted: the owners load their shares when they start (--dataset), and the "
+                f"running fleet's do not all host #{dataset}, so the demo starts a private fleet"
+            )
+            options = {owner: [f"{dataset}={path}"] for owner, path in hosted.items()}
+            context = private_fleet(ids, hook, announce, datasets=options)
     elif fleet:
         from deploy.fleet_launch import fleet_workers
 

@@ -71,6 +71,12 @@ def fleet_workers(
         yield private
 
 
+def serving_workers(worker_ids: Sequence[str], hook: Any) -> list[Any] | None:
+    """``FleetWorker`` handles of the running fleet if all of ``worker_ids`` serve, else None."""
+    workers = _handles(worker_ids, hook)
+    return None if _not_serving(workers, get_settings()) else workers
+
+
 @contextlib.contextmanager
 def private_fleet(
     worker_ids: Sequence[str],
