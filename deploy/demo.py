@@ -455,9 +455,14 @@ def demo_workers(
             )
             context = contextlib.nullcontext(running)
         else:
+            why = (
+                f"not every one of {', '.join(ids)} serves"
+                if running is None
+                else f"the running fleet's owners do not all host #{dataset}"
+            )
             announce(
-                f"--hosted: the owners load their shares when they start (--dataset), and the "
-                f"running fleet's do not all host #{dataset}, so the demo starts a private fleet"
+                f"--hosted: the owners load their shares when they start (--dataset), and {why}, "
+                "so the demo starts a private fleet"
             )
             options = {owner: [f"{dataset}={path}"] for owner, path in hosted.items()}
             context = private_fleet(ids, hook, announce, datasets=options)
