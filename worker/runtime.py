@@ -164,17 +164,8 @@ class Runtime:
                 self.wait_for_write()
                 self.store.load()
                 self.stale = False
-            self.reassembler.expire()
             if arrival.chunk is not None:
-                try:
-                    whole = self.reassembler.add(
-                        Chunk.from_wire(arrival.chunk), body, arrival.user_id or ANONYMOUS
-                    )
-                except MalformedMessageError as error:  # a lying chunk header: this part only
-                    self.publisher.dead_letter_envelope(body, str(error), arrival.headers)
-                    if arrival.direct:
-                        return None
-                    raise
+                whole = self._reassemble(body, arrival)
                 if whole is None:
                     return None
                 envelope = whole  # writable: big tensors are decoded without a copy
@@ -217,6 +208,23 @@ class Runtime:
         if arrival.direct:
             return None
         return bytes(codec.encode_inline(protocol.reply_envelope(result.replies)))
+
+    def _reassemble(self, part: bytes, arrival: Arrival) -> memoryview | None:
+        """Add one part of a chunked message; the whole message once its last part is in.
+
+        A part whose chunk header lies is dead-lettered on its own (broker.chunking says
+        which lies are caught); unfinished transfers past their TTL are dropped here.
+        """
+        self.reassembler.expire()
+        try:
+            return self.reassembler.add(
+                Chunk.from_wire(arrival.chunk), part, arrival.user_id or ANONYMOUS
+            )
+        except MalformedMessageError as error:
+            self.publisher.dead_letter_envelope(part, str(error), arrival.headers)
+            if arrival.direct:
+                return None
+            raise
 
     def trusts_forwarder(self, principal: str, sender: str) -> bool:
         """Whether RabbitMQ user ``principal`` is worker ``sender`` (or the shared account)."""
