@@ -1,0 +1,106 @@
+"""Stores are per owner: workers sharing one Redis each use a Redis ACL user of their own.
+
+A real fleet (tests/fleet_fixture.py) of two workers, each given its own
+``TENSORFLEET_REDIS_URL`` naming an ACL user made from deploy/grants.py's rules
+(``~<ns>:<worker>:*``, only the commands a worker sends). Both serve normally,
+Redis logs no refusal of anything they did, and one worker's user reading or
+writing the other's keys is refused by Redis itself (NOPERM).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+import redis
+import redis.exceptions
+import torch
+from fleet_fixture import fleet, new_namespace
+
+import client as sy
+from broker.settings import get_settings
+from deploy import grants
+from worker import keys
+
+WORKERS = ("alice", "bob")
+
+
+def acl_url(base: str, user: str, password: str) -> str:
+    """``base`` (a redis:// URL without credentials) with ``user:password@`` in it."""
+    scheme, rest = base.split("://", 1)
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
+
+
+@pytest.fixture
+def admin() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(get_settings().redis_url)
+    yield client
+    client.close()
+
+
+def test_each_worker_reads_and_writes_only_its_own_keys(hook, admin: redis.Redis) -> None:
+    namespace = new_namespace()
+    base = "redis://127.0.0.1:6379/0"
+    urls = {}
+    for worker_id in WORKERS:
+        user, password = grants.worker_user(namespace, worker_id), secrets.token_hex(16)
+        rules = grants.worker_redis_rules(namespace, worker_id)
+        admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules)
+        urls[worker_id] = acl_url(base, user, password)
+    users = {grants.worker_user(namespace, w) for w in WORKERS}
+    try:
+        worker_env = {w: {"TENSORFLEET_REDIS_URL": urls[w]} for w in WORKERS}
+        with fleet(WORKERS, namespace, worker_env=worker_env):
+            alice, bob = sy.FleetWorker(hook, id="alice"), sy.FleetWorker(hook, id="bob")
+            x = torch.tensor([1.0, 2.0]).send(alice)
+            y = torch.tensor([3.0]).send(bob)
+            kept = x * 2
+            assert torch.equal((x + 1).get(), torch.tensor([2.0, 3.0]))
+            assert torch.equal((y * 2).get(), torch.tensor([6.0]))
+            assert set(alice._objects) == {x.id_at_location, kept.id_at_location}
+
+            # everything the workers did was allowed: Redis refused none of it
+            refused = [e for e in admin.acl_log(count=128) if _name(e) in users]
+            assert refused == []
+
+            # each wrote through to its own keys, under its own user
+            alice_objects = keys.objects(namespace, "alice")
+            assert str(kept.id_at_location).encode() in admin.hgetall(alice_objects)
+            as_bob = redis.Redis.from_url(urls["bob"])
+            assert str(y.id_at_location).encode() in as_bob.hgetall(keys.objects(namespace, "bob"))
+
+            # bob's user cannot read, change or list alice's keys, nor run anything else
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                as_bob.hgetall(alice_objects)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                as_bob.hset(alice_objects, "1", b"T")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                as_bob.delete(keys.owners(namespace, "alice"))
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                as_bob.keys("*")
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                as_bob.flushall()
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                as_bob.publish("anything", b"x")
+            as_bob.close()
+            refused = [e for e in admin.acl_log(count=128) if _name(e) in users]
+            assert {_name(e) for e in refused} == {grants.worker_user(namespace, "bob")}
+            assert alice_objects in {_text(e.get("object")) for e in refused}
+
+            # both still serve, and alice's data is untouched
+            assert torch.equal(x.get(), torch.tensor([1.0, 2.0]))
+            assert torch.equal(kept.get(), torch.tensor([2.0, 4.0]))
+            assert torch.equal(y.get(), torch.tensor([3.0]))
+    finally:
+        for user in users:
+            admin.execute_command("ACL", "DELUSER", user)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _name(entry: dict[str, object]) -> str:
+    return _text(entry.get("username"))
