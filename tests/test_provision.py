@@ -267,7 +267,7 @@ def test_a_provisioned_fleet_serves_its_clients_and_refuses_the_rest(
         operator = fleet_files.env("operator")
         worker_env = {w: fleet_files.env(w) for w in workers}
         # the fixture pings and cleans up as the operator; each worker runs as itself
-        with fleet(workers, namespace, env=operator, worker_env=worker_env):
+        with fleet(workers, namespace, env=operator, worker_env=worker_env) as running:
             as_carol = PartyClient(fleet_files.env(carol))
             as_dave = PartyClient(fleet_files.env(dave))
             try:
@@ -277,6 +277,11 @@ def test_a_provisioned_fleet_serves_its_clients_and_refuses_the_rest(
                 # everything still serves carol after the refusals
                 [value] = as_carol.call("bob", [[protocol.GET, Ref(1), 20]])
                 assert value.tolist() == [1.0, 2.0]
+                # the workers' grants were enough for everything they did themselves
+                for worker_id in workers:
+                    log = running.log_tail(worker_id, 10_000)
+                    assert "ACCESS_REFUSED" not in log, log
+                    assert "NOPERM" not in log, log
             finally:
                 as_carol.close()
                 as_dave.close()
