@@ -18,8 +18,11 @@ party (``secrets``):
     its user, ``TENSORFLEET_REDIS_URL`` with its Redis user (workers),
     ``TENSORFLEET_NAMESPACE`` (and ``TENSORFLEET_WORKER_ID`` for workers).
 
-Every file is written readable by its owner only. Existing files are replaced only
-with ``--force`` (which gives every party a new password).
+Env files hold passwords: only their owner may read them. ``definitions.json`` and
+the ACL files hold only salted or plain SHA-256 hashes of random 192-bit passwords,
+and are readable by all, so RabbitMQ and Redis (which run as users of their own, in
+containers too) can load them. Existing files are replaced only with ``--force``
+(which gives every party a new password).
 """
 
 from __future__ import annotations
@@ -230,14 +233,15 @@ def provision(spec: FleetSpec, out: Path, force: bool = False) -> list[Path]:
             f"{out / existing[0]} exists: pass --force to replace the fleet's files "
             "(every party gets a new password)"
         )
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in files.items():
         path = out / name
+        mode = 0o600 if name.endswith(".env") else 0o644
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(path, 0o600)
+        os.chmod(path, mode)
         written.append(path)
     return written
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
-import socket
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import redis.exceptions
 import torch
 from click.testing import CliRunner
 from fleet_fixture import fleet, new_namespace
+from private_servers import private_rabbitmq, private_redis
 from provisioned import PartyClient, provisioned_fleet, read_env
 
 from broker import protocol, topology
@@ -36,6 +34,8 @@ from broker.protocol import Ref
 from client.cli import main
 from deploy import fleetfile, grants, provision
 from worker import keys
+
+REPO = Path(__file__).resolve().parent.parent
 
 GOOD = """
 namespace = "prod"
@@ -124,7 +124,9 @@ def test_provision_writes_private_files_and_refuses_to_overwrite(tmp_path: Path)
         "carol.env",
         "operator.env",
     }
-    assert all(p.stat().st_mode & 0o077 == 0 for p in out.iterdir())
+    # passwords only in env files, for their owner; servers read the hashes
+    assert all(p.stat().st_mode & 0o077 == 0 for p in out.glob("*.env"))
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.glob("*.acl"))
 
     bob = read_env(out / "bob.env")
     assert bob["TENSORFLEET_NAMESPACE"] == "prod"
@@ -196,29 +198,9 @@ def test_the_acl_file_loads_into_redis_and_turns_default_off(tmp_path: Path) -> 
     source.write_text(GOOD.replace("redis:6379", "127.0.0.1:6379"))
     out = tmp_path / "out"
     assert CliRunner().invoke(main, ["provision", str(source), "--out", str(out)]).exit_code == 0
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--aclfile",
-            str(out / "redis.acl"),
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
+    with private_redis(tmp_path / "redis", ["--aclfile", str(out / "redis.acl")]) as port:
         bob_url = read_env(out / "bob.env")["TENSORFLEET_REDIS_URL"].replace("6379", str(port))
-        bob = redis.Redis.from_url(bob_url, retry_on_error=[redis.exceptions.ConnectionError])
-        wait_for_redis(bob, server)
+        bob = redis.Redis.from_url(bob_url)
         bob.hset(keys.objects("prod", "bob"), "1", b"T")
         with pytest.raises(redis.exceptions.NoPermissionError):
             bob.hgetall(keys.objects("prod", "alice"))
@@ -229,28 +211,6 @@ def test_the_acl_file_loads_into_redis_and_turns_default_off(tmp_path: Path) -> 
         anonymous = redis.Redis(port=port)
         with pytest.raises(redis.exceptions.AuthenticationError):
             anonymous.ping()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_redis(client: redis.Redis, server: subprocess.Popen[bytes]) -> None:
-    """Return once the fresh server answers (its start takes milliseconds)."""
-    for _ in range(200):
-        assert server.poll() is None, "redis-server exited"
-        try:
-            client.ping()
-            return
-        except redis.exceptions.ConnectionError:
-            with pytest.raises(subprocess.TimeoutExpired):
-                server.wait(timeout=0.05)  # a bounded wait on the process, not a sleep
-    raise AssertionError("redis-server did not answer")
 
 
 # ------------------------------------------------------------------ a provisioned fleet
@@ -361,3 +321,35 @@ def refused_in_redis(bob_env: dict[str, str], namespace: str) -> None:
             as_bob.keys("*")
     finally:
         as_bob.close()
+
+
+# ------------------------------------------------------------------ as docker-compose.yml runs it
+
+
+def test_a_node_loading_the_definitions_at_boot_has_no_guest(tmp_path: Path) -> None:
+    """deploy/rabbitmq.conf (what Compose mounts) on a private node: no guest, our users."""
+    source = tmp_path / "fleet.toml"
+    source.write_text(GOOD.replace("rabbitmq:5672", "127.0.0.1:5672"))
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["provision", str(source), "--out", str(out)]).exit_code == 0
+    conf = (REPO / "deploy" / "rabbitmq.conf").read_text()
+    conf = conf.replace("/etc/tensorfleet/definitions.json", str(out / "definitions.json"))
+    lines = [line for line in conf.splitlines() if line and not line.startswith("#")]
+    with private_rabbitmq(tmp_path / "rabbitmq", lines) as node:
+        users = node.ctl("list_users")
+        assert "guest" not in users
+        assert "prod.worker.bob" in users and "carol" in users
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            pika.BlockingConnection(
+                pika.ConnectionParameters(
+                    "127.0.0.1", node.port, credentials=pika.PlainCredentials("guest", "guest")
+                )
+            )
+        url = read_env(out / "bob.env")["TENSORFLEET_BROKER_URL"].replace("5672", str(node.port))
+        connection = pika.BlockingConnection(pika.URLParameters(pika_url(url)))
+        try:
+            # the definitions made the worker queues: clients can send before a worker starts
+            declared = connection.channel().queue_declare("prod.worker.alice", passive=True)
+            assert declared.method.message_count == 0
+        finally:
+            connection.close()
