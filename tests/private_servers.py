@@ -121,17 +121,21 @@ class RabbitNode:
 
 
 @contextlib.contextmanager
-def private_rabbitmq(folder: Path, config: Sequence[str] = ()) -> Iterator[RabbitNode]:
+def private_rabbitmq(
+    folder: Path, config: Sequence[str] = (), plain: bool = True
+) -> Iterator[RabbitNode]:
     """A RabbitMQ node of its own; ``config`` lines are added to its rabbitmq.conf.
 
-    Its plain AMQP listener is on 127.0.0.1 at :attr:`RabbitNode.port`; more
-    listeners (TLS) and ``load_definitions`` come through ``config``.
+    Its plain AMQP listener is on 127.0.0.1 at :attr:`RabbitNode.port` (none without
+    ``plain``: a TLS-only node); more listeners (TLS) and ``load_definitions`` come
+    through ``config``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     port, dist_port = free_port(), free_port()
     name = f"tfpriv-{uuid.uuid4().hex[:8]}@localhost"
     conf = folder / "rabbitmq.conf"
-    conf.write_text("\n".join([f"listeners.tcp.local = 127.0.0.1:{port}", *config]) + "\n")
+    listener = f"listeners.tcp.local = 127.0.0.1:{port}" if plain else "listeners.tcp = none"
+    conf.write_text("\n".join([listener, *config]) + "\n")
     (folder / "enabled_plugins").write_text("[].\n")
     (folder / "rabbitmq-env.conf").write_text("")
     env = {
