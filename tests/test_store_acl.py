@@ -4,7 +4,8 @@ A real fleet (tests/fleet_fixture.py) of two workers, each given its own
 ``TENSORFLEET_REDIS_URL`` naming an ACL user made from deploy/grants.py's rules
 (``~<ns>:<worker>:*``, only the commands a worker sends). Both serve normally,
 Redis logs no refusal of anything they did, and one worker's user reading or
-writing the other's keys is refused by Redis itself (NOPERM).
+writing the other's keys is refused by Redis itself (NOPERM). And a worker given
+a Redis of its own (a private redis-server) keeps everything there.
 """
 
 from __future__ import annotations
@@ -104,3 +105,32 @@ def _text(value: object) -> str:
 
 def _name(entry: dict[str, object]) -> str:
     return _text(entry.get("username"))
+
+
+def test_a_worker_keeps_its_objects_in_a_redis_of_its_own(
+    hook, admin: redis.Redis, tmp_path
+) -> None:
+    """TENSORFLEET_REDIS_URL per worker: alice on a private redis-server, bob on the shared one."""
+    from private_servers import private_redis
+
+    namespace = new_namespace()
+    with private_redis(tmp_path / "alice-redis") as port:
+        own = f"redis://127.0.0.1:{port}/0"
+        worker_env = {"alice": {"TENSORFLEET_REDIS_URL": own}}
+        with fleet(WORKERS, namespace, worker_env=worker_env):
+            alice, bob = sy.FleetWorker(hook, id="alice"), sy.FleetWorker(hook, id="bob")
+            x = torch.tensor([5.0]).send(bob)
+            y = (x + 1).move(alice)  # bob's data moves into alice's own store
+            kept = torch.tensor([7.0]).send(alice)
+            assert torch.equal(y.get(), torch.tensor([6.0]))
+
+            alice_store = redis.Redis.from_url(own)
+            alice_objects = alice_store.hgetall(keys.objects(namespace, "alice"))
+            assert str(kept.id_at_location).encode() in alice_objects
+            # nothing of alice's reached the shared Redis; bob's objects are there
+            assert admin.exists(keys.objects(namespace, "alice")) == 0
+            bob_objects = admin.hgetall(keys.objects(namespace, "bob"))
+            assert str(x.id_at_location).encode() in bob_objects
+            assert alice_store.exists(keys.objects(namespace, "bob")) == 0
+            alice_store.close()
+            assert torch.equal(kept.get(), torch.tensor([7.0]))
