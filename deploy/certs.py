@@ -151,8 +151,29 @@ def write_tls_files(
         (files.client_cert, party.certificate_pem(), 0o644),
         (files.client_key, party.key_pem(), 0o600),
     ):
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.chmod(path, mode)
+        _write(path, data, mode)
     return files
+
+
+def write_fleet_certs(out: Path, hosts: Sequence[str], parties: Sequence[str]) -> list[Path]:
+    """A CA (``ca.pem``), a server certificate for ``hosts`` (``server.pem``/``.key``) and
+    one client certificate per party (``<party>.pem``/``.key``) in ``out``; the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    ca = make_ca()
+    hosts = list(dict.fromkeys(hosts))
+    written = [_write(out / "ca.pem", ca.certificate_pem(), 0o644)]
+    for name, issued in [
+        ("server", issue(ca, hosts[0] if hosts else "server", hosts)),
+        *((party, issue(ca, party, client=True)) for party in parties),
+    ]:
+        written.append(_write(out / f"{name}.pem", issued.certificate_pem(), 0o644))
+        written.append(_write(out / f"{name}.key", issued.key_pem(), 0o600))
+    return written
+
+
+def _write(path: Path, data: bytes, mode: int) -> Path:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode)
+    return path

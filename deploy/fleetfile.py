@@ -13,7 +13,12 @@ A TOML file (read with the standard library's ``tomllib``)::
 
     [clients.carol]                       # a data scientist
 
+    [tls]                                 # optional: for amqps:// and rediss:// URLs
+    ca_file = "/etc/tensorfleet/tls/ca.pem"   # TENSORFLEET_TLS_CA_FILE of every party
+    cert_dir = "/etc/tensorfleet/tls"     # optional: <party>.pem and <party>.key there
+
 ``workers`` and ``clients`` may also be plain lists of names (``clients = ["carol"]``).
+Paths in ``[tls]`` are as the parties see them (in their containers, say).
 Every problem is one :class:`~broker.errors.FleetFileError` naming the file, the
 entry and what is expected; unknown keys are refused, so a typo is not ignored.
 """
@@ -37,7 +42,8 @@ _REDIS_SCHEMES = ("redis", "rediss")
 #: names that the provisioned files use for parties that are not in the fleet file
 RESERVED_NAMES = frozenset({"operator", "default", "healthcheck"})
 
-_TOP_KEYS = {"namespace", "vhost", "broker", "redis", "workers", "clients"}
+_TOP_KEYS = {"namespace", "vhost", "broker", "redis", "workers", "clients", "tls"}
+_TLS_KEYS = {"ca_file", "cert_dir"}
 _WORKER_KEYS = {"redis"}
 _CLIENT_KEYS: set[str] = set()
 
@@ -53,6 +59,22 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    """Where parties find the CA file (and, if given, their own certificate and key)."""
+
+    ca_file: str
+    #: folder holding ``<party>.pem`` and ``<party>.key`` for every party (None: no client
+    #: certificates)
+    cert_dir: str | None = None
+
+    def cert_file(self, party: str) -> str | None:
+        return None if self.cert_dir is None else f"{self.cert_dir.rstrip('/')}/{party}.pem"
+
+    def key_file(self, party: str) -> str | None:
+        return None if self.cert_dir is None else f"{self.cert_dir.rstrip('/')}/{party}.key"
+
+
+@dataclass(frozen=True)
 class FleetSpec:
     """A checked fleet file."""
 
@@ -62,6 +84,13 @@ class FleetSpec:
     redis_url: str
     workers: tuple[WorkerSpec, ...]
     clients: tuple[str, ...]
+    tls: TlsSpec | None = None
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The host names of the broker and of every Redis (for a server certificate)."""
+        urls = [self.broker_url, *(worker.redis_url for worker in self.workers)]
+        return tuple(dict.fromkeys(urlsplit(url).hostname or "localhost" for url in urls))
 
     @property
     def worker_ids(self) -> tuple[str, ...]:
@@ -123,7 +152,26 @@ class _Checker:
         both = sorted(set(clients) & {worker.name for worker in workers})
         if both:
             raise self.fail(both[0], "is named as a worker and as a client; give each its own")
-        return FleetSpec(namespace, vhost, broker.rstrip("/"), redis, workers, tuple(clients))
+        tls = self.tls(data, broker, workers)
+        return FleetSpec(namespace, vhost, broker.rstrip("/"), redis, workers, tuple(clients), tls)
+
+    def tls(
+        self, data: dict[str, Any], broker: str, workers: tuple[WorkerSpec, ...]
+    ) -> TlsSpec | None:
+        if "tls" not in data:
+            return None
+        options = data["tls"]
+        if not isinstance(options, dict):
+            raise self.fail("tls", "expected a table ([tls] with ca_file = ...)")
+        self.known_keys("tls", options, _TLS_KEYS)
+        if "ca_file" not in options:
+            raise self.fail("tls", "give ca_file, the CA certificates' path as parties see it")
+        ca_file = self.text(options, "ca_file", "", "tls")
+        cert_dir = self.text(options, "cert_dir", "", "tls") if "cert_dir" in options else None
+        schemes = {urlsplit(broker).scheme, *(urlsplit(w.redis_url).scheme for w in workers)}
+        if not schemes & {"amqps", "rediss"}:
+            raise self.fail("tls", "no URL uses it: write amqps:// or rediss:// URLs")
+        return TlsSpec(ca_file, cert_dir)
 
     def worker(self, name: str, options: dict[str, Any], shared: str) -> tuple[str, bool]:
         where = f"workers.{name}"

@@ -211,12 +211,21 @@ def env_files(
                 redis_of[party.name], party.user, redis_passwords[party.user]
             )
             lines += [f"TENSORFLEET_REDIS_URL={redis_url}", f"TENSORFLEET_WORKER_ID={party.name}"]
+        if spec.tls is not None:
+            lines.append(f"TENSORFLEET_TLS_CA_FILE={spec.tls.ca_file}")
+            if spec.tls.cert_dir is not None:
+                lines.append(f"TENSORFLEET_TLS_CERT_FILE={spec.tls.cert_file(party.name)}")
+                lines.append(f"TENSORFLEET_TLS_KEY_FILE={spec.tls.key_file(party.name)}")
         files[f"{party.name}.env"] = "\n".join(lines) + "\n"
     return files
 
 
-def provision(spec: FleetSpec, out: Path, force: bool = False) -> list[Path]:
-    """Write every file of the fleet into ``out`` (created if needed); the paths written."""
+def provision(spec: FleetSpec, out: Path, force: bool = False, certs: bool = False) -> list[Path]:
+    """Write every file of the fleet into ``out`` (created if needed); the paths written.
+
+    With ``certs``, also a throwaway CA, a server certificate for the fleet's hosts and
+    a client certificate per party, into ``out/tls`` (deploy/certs.py).
+    """
     passwords = {party.user: secrets.token_urlsafe(24) for party in parties(spec)}
     redis_passwords = {
         grants.worker_user(spec.namespace, worker_id): secrets.token_urlsafe(24)
@@ -243,6 +252,11 @@ def provision(spec: FleetSpec, out: Path, force: bool = False) -> list[Path]:
             handle.write(text)
         os.chmod(path, mode)
         written.append(path)
+    if certs:
+        from deploy.certs import write_fleet_certs
+
+        names = [party.name for party in parties(spec)]
+        written += write_fleet_certs(out / "tls", [*spec.hosts, "localhost", "127.0.0.1"], names)
     return written
 
 
@@ -256,7 +270,13 @@ def provision(spec: FleetSpec, out: Path, force: bool = False) -> list[Path]:
     help="Directory to write definitions.json, the Redis ACL files and the env files into.",
 )
 @click.option("--force", is_flag=True, help="Replace files already there (new passwords).")
-def provision_command(fleet_file: Path, out: Path, force: bool) -> None:
+@click.option(
+    "--certs",
+    is_flag=True,
+    help="Also make a throwaway CA, a server certificate for the fleet's hosts and a client "
+    "certificate per party, in DIR/tls (for trying TLS; needs the cryptography package).",
+)
+def provision_command(fleet_file: Path, out: Path, force: bool, certs: bool) -> None:
     """Write the RabbitMQ users, Redis ACL users and env files of the fleet in FLEET_FILE.
 
     Load definitions.json into RabbitMQ (rabbitmqctl import_definitions, or
@@ -264,5 +284,5 @@ def provision_command(fleet_file: Path, out: Path, force: bool) -> None:
     its own <name>.env.
     """
     spec = load(fleet_file)
-    for path in provision(spec, out, force):
+    for path in provision(spec, out, force, certs):
         click.echo(str(path))

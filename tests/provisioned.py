@@ -28,11 +28,14 @@ from typing import Any
 
 import pika
 import redis
+import torch
 from click.testing import CliRunner
 
 from broker import codec, protocol, topology
-from broker.amqp import message_properties, new_task_id, pika_url, task_message
+from broker.amqp import message_properties, new_task_id, task_message
+from broker.protocol import Ref
 from broker.settings import Settings, get_settings
+from broker.tls import pika_parameters
 from client.cli import main
 from worker.publisher import broker_user
 
@@ -144,7 +147,7 @@ class PartyClient:
         self.channel.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
 
     def parameters(self) -> pika.URLParameters:
-        return pika.URLParameters(pika_url(self.settings.broker_url))
+        return pika_parameters(self.settings)  # with TLS options for amqps://
 
     def _on_reply(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._replies.extend(codec.decode(body)["replies"])
@@ -192,3 +195,19 @@ class PartyClient:
             self.channel.queue_delete(self.reply_queue)
         with contextlib.suppress(Exception):
             self.connection.close()
+
+
+def honest_round_trip(client: PartyClient) -> None:
+    """Store on bob, compute there, move the result to alice (a forward), get it back."""
+    client.send(
+        "bob",
+        [
+            [protocol.STORE, 1, torch.tensor([1.0, 2.0]), None],
+            [protocol.OP, "torch.add", [Ref(1), Ref(1)], {}, [2], False, None],
+            [protocol.SEND_TO, 2, "alice", 2, 10],  # alice answers this one
+        ],
+    )
+    [(request, ok, payload)] = client.replies(1)
+    assert (request, ok) == (10, True), payload
+    [moved] = client.call("alice", [[protocol.GET, Ref(2), 11]])
+    assert moved.tolist() == [2.0, 4.0]

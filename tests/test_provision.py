@@ -21,11 +21,10 @@ import pika.exceptions
 import pytest
 import redis
 import redis.exceptions
-import torch
 from click.testing import CliRunner
 from fleet_fixture import fleet, new_namespace
 from private_servers import private_rabbitmq, private_redis
-from provisioned import PartyClient, provisioned_fleet, read_env
+from provisioned import PartyClient, honest_round_trip, provisioned_fleet, read_env
 
 from broker import protocol, topology
 from broker.amqp import pika_url
@@ -82,6 +81,9 @@ def test_a_fleet_file_is_read() -> None:
         ("[workers.bob]\nredis_url = 1", "workers.bob: unknown key 'redis_url'"),
         ('clients = ["bob"]\n[workers.bob]', "bob: is named as a worker and as a client"),
         ("workers = 3", "workers: expected a table"),
+        ('[workers.bob]\n[tls]\nca_file = "ca.pem"', "tls: no URL uses it"),
+        ('broker = "amqps://x:5671"\n[workers.bob]\n[tls]\ncert_dir = "d"', "tls: give ca_file"),
+        ('broker = "amqps://x:5671"\n[workers.bob]\n[tls]\nca = "x"', "tls: unknown key 'ca'"),
     ],
 )
 def test_a_bad_fleet_file_is_one_clear_line(text: str, expected: str) -> None:
@@ -245,22 +247,6 @@ def test_a_provisioned_fleet_serves_its_clients_and_refuses_the_rest(
             finally:
                 as_carol.close()
                 as_dave.close()
-
-
-def honest_round_trip(client: PartyClient) -> None:
-    """Store on bob, compute there, move the result to alice (a forward), get it back."""
-    client.send(
-        "bob",
-        [
-            [protocol.STORE, 1, torch.tensor([1.0, 2.0]), None],
-            [protocol.OP, "torch.add", [Ref(1), Ref(1)], {}, [2], False, None],
-            [protocol.SEND_TO, 2, "alice", 2, 10],  # alice answers this one
-        ],
-    )
-    [(request, ok, payload)] = client.replies(1)
-    assert (request, ok) == (10, True), payload
-    [moved] = client.call("alice", [[protocol.GET, Ref(2), 11]])
-    assert moved.tolist() == [2.0, 4.0]
 
 
 def refused_on_the_broker(

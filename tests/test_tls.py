@@ -15,13 +15,16 @@ import pytest
 import redis
 import redis.exceptions
 import torch
-from fleet_fixture import fleet
+from click.testing import CliRunner
+from fleet_fixture import fleet, new_namespace
 from private_servers import free_port, private_rabbitmq, private_redis
+from provisioned import PartyClient, honest_round_trip, read_env
 
 import client as sy
 from broker.errors import BrokerConnectionError, ConfigurationError
 from broker.settings import Settings
 from broker.tls import redis_ssl_kwargs
+from client.cli import main
 from client.fleet import FleetTransport
 from deploy.certs import TlsFiles, write_tls_files
 
@@ -128,3 +131,48 @@ def test_tls_settings_name_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as error:
         Settings.from_env({"TENSORFLEET_TLS_KEY_FILE": str(key)})
     assert "TENSORFLEET_TLS_CERT_FILE" in str(error.value)
+
+
+def test_a_provisioned_fleet_over_tls(tmp_path: Path) -> None:
+    """Everything together: provisioned users and grants, loaded at boot, over TLS only."""
+    namespace = new_namespace()
+    out = tmp_path / "fleet"
+    amqps_port, rediss_port = free_port(), free_port()
+    source = tmp_path / "fleet.toml"
+    source.write_text(
+        f'namespace = "{namespace}"\n'
+        f'broker = "amqps://127.0.0.1:{amqps_port}"\n'
+        f'redis = "rediss://127.0.0.1:{rediss_port}/0"\n'
+        'clients = ["carol"]\n'
+        "[workers.alice]\n[workers.bob]\n"
+        f'[tls]\nca_file = "{out}/tls/ca.pem"\ncert_dir = "{out}/tls"\n'
+    )
+    result = CliRunner().invoke(main, ["provision", str(source), "--out", str(out), "--certs"])
+    assert result.exit_code == 0, result.output
+    carol = read_env(out / "carol.env")
+    assert carol["TENSORFLEET_TLS_CERT_FILE"] == f"{out}/tls/carol.pem"
+    files = TlsFiles(
+        ca=out / "tls" / "ca.pem",
+        server_cert=out / "tls" / "server.pem",
+        server_key=out / "tls" / "server.key",
+        client_cert=out / "tls" / "carol.pem",
+        client_key=out / "tls" / "carol.key",
+    )
+    rabbit_config = [
+        *tls_servers_config(files, amqps_port),
+        f"load_definitions = {out / 'definitions.json'}",
+    ]
+    redis_args = [*redis_tls_arguments(files, rediss_port), "--aclfile", str(out / "redis.acl")]
+    with (
+        private_rabbitmq(tmp_path / "rabbitmq", rabbit_config, plain=False) as node,
+        private_redis(tmp_path / "redis", redis_args),
+    ):
+        assert "guest" not in node.ctl("list_users")
+        workers = ("alice", "bob")
+        worker_env = {w: read_env(out / f"{w}.env") for w in workers}
+        with fleet(workers, namespace, env=read_env(out / "operator.env"), worker_env=worker_env):
+            client = PartyClient(carol)
+            try:
+                honest_round_trip(client)
+            finally:
+                client.close()
