@@ -8,6 +8,7 @@ package's ``__init__.py``. No Docker engine and no servers are needed.
 The file reads its users from a provisioned fleet (``tensorfleet provision
 deploy/fleet.toml``, in ``TENSORFLEET_FLEET_DIR``): the tests provision one into a
 temporary folder first, so Compose resolves every env file and ACL file it names.
+One test runs the stores' healthcheck against a private redis-server on that ACL file.
 """
 
 from __future__ import annotations
@@ -214,3 +215,24 @@ def test_broken_copy_is_rejected(
     assert result.returncode != 0
     for word in expected:
         assert word in result.stderr, result.stderr
+
+
+def test_the_store_healthcheck_passes_with_the_acl_file(
+    config: dict[str, Any], fleet_dir: Path, tmp_path: Path
+) -> None:
+    """The Redis healthcheck, run as written against a private redis-server on its ACL file."""
+    from private_servers import private_redis
+
+    test = config["services"]["redis-bob"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    with private_redis(tmp_path / "redis", ["--aclfile", str(fleet_dir / "redis-bob.acl")]) as port:
+        done = subprocess.run(
+            [test[1], "-p", str(port), *test[2:]], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "PONG"
+        # and without the healthcheck user, the default user is off
+        anonymous = subprocess.run(
+            [test[1], "-p", str(port), "ping"], capture_output=True, text=True, timeout=30
+        )
+        assert "PONG" not in anonymous.stdout
