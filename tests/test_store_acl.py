@@ -62,8 +62,13 @@ def test_each_worker_reads_and_writes_only_its_own_keys(hook, admin: redis.Redis
             assert torch.equal((y * 2).get(), torch.tensor([6.0]))
             assert set(alice._objects) == {x.id_at_location, kept.id_at_location}
 
-            # everything the workers did was allowed: Redis refused none of it
-            refused = [e for e in admin.acl_log(count=128) if _name(e) in users]
+            # everything the workers did was allowed: Redis refused none of it (but redis-py's
+            # CLIENT SETINFO on connect, on Redis 7.2+, which redis-py ignores)
+            refused = [
+                e
+                for e in admin.acl_log(count=128)
+                if _name(e) in users and _text(e.get("object")) != "client|setinfo"
+            ]
             assert refused == []
 
             # each wrote through to its own keys, under its own user
@@ -86,7 +91,11 @@ def test_each_worker_reads_and_writes_only_its_own_keys(hook, admin: redis.Redis
             with pytest.raises(redis.exceptions.NoPermissionError):
                 as_bob.publish("anything", b"x")
             as_bob.close()
-            refused = [e for e in admin.acl_log(count=128) if _name(e) in users]
+            refused = [
+                e
+                for e in admin.acl_log(count=128)
+                if _name(e) in users and _text(e.get("object")) != "client|setinfo"
+            ]
             assert {_name(e) for e in refused} == {grants.worker_user(namespace, "bob")}
             assert alice_objects in {_text(e.get("object")) for e in refused}
 
