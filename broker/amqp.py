@@ -24,8 +24,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgpack
 
-from broker.codec import CONTENT_ENCODING, CONTENT_TYPE, Frames, new_buffer
-from broker.errors import MalformedMessageError, MessageTooLargeError
+from broker.codec import CONTENT_ENCODING, CONTENT_TYPE, Frames
+from broker.errors import MalformedMessageError
 
 #: The one Celery task every TensorFleet worker runs.
 TASK_NAME = "tensorfleet.execute"
@@ -194,40 +194,6 @@ def task_message(
 def message_properties() -> dict[str, str]:
     """Content type and encoding every TensorFleet message carries."""
     return {"content_type": CONTENT_TYPE, "content_encoding": CONTENT_ENCODING}
-
-
-class Reassembler:
-    """Puts chunked bodies back together, at most ``max_bytes`` each, into one buffer.
-
-    Each transfer gets one preallocated writable buffer (:func:`~broker.codec.new_buffer`)
-    that parts are copied into as they arrive, so a reassembled body costs its size once,
-    not twice, and its big tensors decode without a copy.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._partial: dict[str, tuple[memoryview, set[int]]] = {}
-
-    def add(self, chunk: Chunk, part: Buffer) -> memoryview | None:
-        """Take one part; the whole body once its last part arrived, else None."""
-        if chunk.total > self.max_bytes:
-            raise MessageTooLargeError(chunk.total, self.max_bytes, "chunked message")
-        if chunk.offset + len(part) > chunk.total:
-            raise MalformedMessageError(f"chunk {chunk.index} runs past the end of its message")
-        entry = self._partial.get(chunk.transfer)
-        if entry is None:
-            entry = self._partial[chunk.transfer] = (new_buffer(chunk.total), set())
-        buffer, seen = entry
-        buffer[chunk.offset : chunk.offset + len(part)] = part
-        seen.add(chunk.index)
-        if len(seen) < chunk.count:
-            return None
-        del self._partial[chunk.transfer]
-        return buffer
-
-    def pending(self) -> int:
-        """How many transfers are incomplete."""
-        return len(self._partial)
 
 
 def pika_url(url: str) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -43,6 +45,16 @@ _REF_ATTR_NAMES = {code: name for name, code in _REF_ATTR_CODES.items()}
 _REF_STRUCT = struct.Struct("<qB")
 _SLOT_STRUCT = struct.Struct("<I")
 _ATTACHMENT_STRUCT = struct.Struct("<QQ")
+#: How deep extension values (tuples, slices, pointers...) may nest inside each other.
+#: Each level re-enters the msgpack decoder; the limit keeps that far from the C stack.
+MAX_NESTING = 32
+#: Most items one msgpack array or map may declare: a batch holds far fewer commands,
+#: and a tensor travels as one binary, never as a list of numbers.
+MAX_CONTAINER_ITEMS = 1 << 20
+#: Most dimensions a tensor may declare (torch itself stops at 64).
+MAX_TENSOR_DIMS = 64
+#: Largest safetensors JSON header accepted: TensorFleet writes a few hundred bytes.
+MAX_TENSOR_HEADER_BYTES = 64 * 1024
 _FRAMED = 0xC1  # "never used" in msgpack: no plain message starts with it
 _FRAME_HEAD = struct.Struct("<BQ")
 
@@ -252,6 +264,10 @@ def _safetensors_header(buffer: memoryview) -> tuple[dict[str, Any], int]:
     if len(buffer) < 8:
         raise MalformedMessageError("a tensor buffer is shorter than its header")
     (header_len,) = struct.unpack_from("<Q", buffer)
+    if header_len > MAX_TENSOR_HEADER_BYTES:
+        raise MalformedMessageError(
+            f"a tensor header declares {header_len} bytes; the limit is {MAX_TENSOR_HEADER_BYTES}"
+        )
     if header_len > len(buffer) - 8:
         raise MalformedMessageError("a tensor header runs past the end of its buffer")
     try:
@@ -273,6 +289,10 @@ def _entry(
         begin, end = (int(offset) for offset in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise MalformedMessageError(f"tensor entry {name!r} is not a safetensors entry") from None
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise MalformedMessageError(
+            f"tensor entry {name!r} has {len(shape)} dimensions; the limit is {MAX_TENSOR_DIMS}"
+        )
     numel = 1
     for size in shape:
         if size < 0:
@@ -324,56 +344,36 @@ def _pack_nested(value: Any) -> bytes:
     return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
 
 
-def _default(value: Any) -> msgpack.ExtType:
-    if isinstance(value, Ref):
-        return msgpack.ExtType(EXT_REF, _REF_STRUCT.pack(value.id, _REF_ATTR_CODES[value.attr]))
-    if isinstance(value, torch.Tensor):
-        return msgpack.ExtType(EXT_TENSOR, encode_tensor(value))
-    if isinstance(value, TensorAttachment):  # inside a nested value: travels inline
-        return msgpack.ExtType(EXT_TENSOR, b"".join(value.parts))
-    if isinstance(value, Slot):  # Plans
-        return msgpack.ExtType(EXT_SLOT, _SLOT_STRUCT.pack(value.index))
-    if isinstance(value, tuple):  # also torch.Size and named tuples
-        return msgpack.ExtType(EXT_TUPLE, _pack_nested(list(value)))
-    if isinstance(value, list):  # list subclasses
-        return msgpack.ExtType(EXT_TUPLE, _pack_nested(list(value)))  # pragma: no cover
-    if isinstance(value, slice):
-        return msgpack.ExtType(EXT_SLICE, _pack_nested([value.start, value.stop, value.step]))
-    if value is Ellipsis:
-        return msgpack.ExtType(EXT_ELLIPSIS, b"")
-    if isinstance(value, torch.dtype):
-        return msgpack.ExtType(EXT_DTYPE, dtype_name(value).encode())
-    if isinstance(value, torch.memory_format):
-        return msgpack.ExtType(EXT_MEMORY_FORMAT, _MEMORY_FORMAT_NAMES[value].encode())
-    if isinstance(value, torch.device):
-        return msgpack.ExtType(EXT_DEVICE, str(value).encode())
-    if isinstance(value, PointerRecord):
-        return msgpack.ExtType(
-            EXT_POINTER,
-            _pack_nested(
-                [
-                    value.location,
-                    value.id_at_location,
-                    value.owns,
-                    list(value.shape),
-                    value.dtype,
-                    value.requires_grad,
-                ]
-            ),
+_nesting = threading.local()
+
+
+def _unpack(data: bytes | memoryview, ext_hook: Callable[[int, bytes], Any]) -> Any:
+    """msgpack-decode one level, bounded: container sizes and extension nesting.
+
+    An extension value (a tuple) holds msgpack bytes that its hook decodes by
+    re-entering here, so the depth of those re-entries is counted per thread and
+    refused past :data:`MAX_NESTING` before msgpack is called again. Sizes of strings
+    and binaries are bounded by the buffer itself (msgpack's default).
+    """
+    depth = getattr(_nesting, "depth", 0)
+    if depth >= MAX_NESTING:
+        raise MalformedMessageError(f"values nest deeper than {MAX_NESTING} levels")
+    _nesting.depth = depth + 1
+    try:
+        return msgpack.unpackb(
+            data,
+            ext_hook=ext_hook,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=MAX_CONTAINER_ITEMS,
+            max_map_len=MAX_CONTAINER_ITEMS,
         )
-    if isinstance(value, complex):
-        return msgpack.ExtType(EXT_COMPLEX, _pack_nested([value.real, value.imag]))
-    if isinstance(value, bool | int | float | str | bytes):  # subclasses such as IntEnum
-        return value  # type: ignore[return-value]
-    if isinstance(value, dict):
-        return dict(value)  # type: ignore[return-value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
+    finally:
+        _nesting.depth = depth
 
 
 def _unpack_nested(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    return _unpack(data, _ext_hook)
 
 
 def _ext_ref(data: bytes) -> Ref:
@@ -381,6 +381,19 @@ def _ext_ref(data: bytes) -> Ref:
     if attr not in _REF_ATTR_NAMES:
         raise MalformedMessageError(f"unknown reference attribute code {attr}")
     return Ref(obj_id, _REF_ATTR_NAMES[attr])
+
+
+def _pointer_bytes(value: PointerRecord) -> bytes:
+    return _pack_nested(
+        [
+            value.location,
+            value.id_at_location,
+            value.owns,
+            list(value.shape),
+            value.dtype,
+            value.requires_grad,
+        ]
+    )
 
 
 def _ext_pointer(data: bytes) -> PointerRecord:
@@ -418,19 +431,88 @@ def _ext_slot(data: bytes) -> Slot:  # Plans
     return Slot(_SLOT_STRUCT.unpack(data)[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """One row of the codec table: a value type, its extension code, both directions.
+
+    ``decode`` is None for a row that only encodes (a second type sharing a code).
+    """
+
+    code: int
+    types: tuple[type, ...]
+    encode: Callable[[Any], bytes]
+    decode: Callable[[bytes], Any] | None
+
+
+#: Every value msgpack cannot carry natively, encoder and decoder side by side. Subclasses
+#: (``Parameter``, ``torch.Size``, named tuples) match their row by ``isinstance``.
+EXTENSIONS: tuple[Extension, ...] = (
+    Extension(
+        EXT_REF,
+        (Ref,),
+        lambda ref: _REF_STRUCT.pack(ref.id, _REF_ATTR_CODES[ref.attr]),
+        _ext_ref,
+    ),
+    Extension(EXT_TENSOR, (torch.Tensor,), encode_tensor, decode_tensor),
+    # a tensor queued for out-of-band sending, met inside a nested value: travels inline
+    Extension(EXT_TENSOR, (TensorAttachment,), lambda item: b"".join(item.parts), None),
+    Extension(EXT_SLOT, (Slot,), lambda slot: _SLOT_STRUCT.pack(slot.index), _ext_slot),
+    Extension(
+        EXT_TUPLE,
+        (tuple, list),  # lists here are list subclasses: plain lists are msgpack arrays
+        lambda items: _pack_nested(list(items)),
+        lambda data: tuple(_unpack_nested(data)),
+    ),
+    Extension(
+        EXT_SLICE,
+        (slice,),
+        lambda value: _pack_nested([value.start, value.stop, value.step]),
+        _ext_slice,
+    ),
+    Extension(EXT_ELLIPSIS, (type(Ellipsis),), lambda value: b"", lambda data: Ellipsis),
+    Extension(
+        EXT_DTYPE,
+        (torch.dtype,),
+        lambda dtype: dtype_name(dtype).encode(),
+        lambda data: dtype_from_name(data.decode()),
+    ),
+    Extension(
+        EXT_MEMORY_FORMAT,
+        (torch.memory_format,),
+        lambda fmt: _MEMORY_FORMAT_NAMES[fmt].encode(),
+        _ext_memory_format,
+    ),
+    Extension(
+        EXT_DEVICE,
+        (torch.device,),
+        lambda device: str(device).encode(),
+        lambda data: torch.device(data.decode()),
+    ),
+    Extension(EXT_POINTER, (PointerRecord,), _pointer_bytes, _ext_pointer),
+    Extension(
+        EXT_COMPLEX, (complex,), lambda value: _pack_nested([value.real, value.imag]), _ext_complex
+    ),
+)
+_ENCODERS: dict[type, Extension] = {kind: row for row in EXTENSIONS for kind in row.types}
 _EXT_DECODERS: dict[int, Callable[[bytes], Any]] = {
-    EXT_TENSOR: decode_tensor,
-    EXT_REF: _ext_ref,
-    EXT_TUPLE: lambda data: tuple(_unpack_nested(data)),
-    EXT_SLICE: _ext_slice,
-    EXT_ELLIPSIS: lambda data: Ellipsis,
-    EXT_DTYPE: lambda data: dtype_from_name(data.decode()),
-    EXT_POINTER: _ext_pointer,
-    EXT_MEMORY_FORMAT: _ext_memory_format,
-    EXT_DEVICE: lambda data: torch.device(data.decode()),
-    EXT_COMPLEX: _ext_complex,
-    EXT_SLOT: _ext_slot,
+    row.code: row.decode for row in EXTENSIONS if row.decode is not None
 }
+
+
+def _default(value: Any) -> Any:
+    """msgpack's hook for a value it cannot pack: the table's row, or a plain stand-in."""
+    row = _ENCODERS.get(type(value))
+    if row is None:
+        row = next((row for row in EXTENSIONS if isinstance(value, row.types)), None)
+    if row is not None:
+        return msgpack.ExtType(row.code, row.encode(value))
+    if isinstance(value, bool | int | float | str | bytes):  # subclasses such as IntEnum
+        return value
+    if isinstance(value, dict):
+        return dict(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
 
 
 _REF_CACHE: dict[bytes, Ref] = {}
@@ -562,6 +644,4 @@ def _decode_framed(view: memoryview) -> Any:
         except Exception as error:
             raise MalformedMessageError(f"an attachment does not decode ({error})") from None
 
-    return msgpack.unpackb(
-        view[_FRAME_HEAD.size : end], ext_hook=ext_hook, raw=False, strict_map_key=False
-    )
+    return _unpack(view[_FRAME_HEAD.size : end], ext_hook)

@@ -32,7 +32,11 @@ Variables and defaults:
   workers share a machine, and each runs one small op at a time).
 - ``TENSORFLEET_PREFETCH`` = ``16``: messages a worker takes from its queue ahead of time.
 - ``TENSORFLEET_BATCH_TTL`` = ``3600``: seconds a worker remembers an applied batch (to replay
-  its replies on redelivery) and keeps the parts of a chunked message.
+  its replies on redelivery).
+- ``TENSORFLEET_FAILURE_TTL`` = ``3600``: seconds a worker remembers that a pipelined command
+  failed (so a later use of its result reports that error, not a missing object).
+- ``TENSORFLEET_TRANSFER_TTL`` = ``600``: seconds a worker keeps the parts of a chunked
+  message whose last part has not arrived; the parts are then dropped.
 - ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts before a client gives up.
 - ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
 - ``TENSORFLEET_DATASETS`` (unset): datasets a worker's operator hosts, ``NAME=PATH`` entries
@@ -85,6 +89,8 @@ class Settings:
     torch_threads: int = 1
     prefetch: int = 16
     batch_ttl: int = 3600
+    failure_ttl: int = 3600
+    transfer_ttl: int = 600
     connect_retries: int = 5
     worker_id: str | None = None
     datasets: tuple[str, ...] = ()
@@ -145,6 +151,12 @@ class Settings:
                 raw("PREFETCH"), "PREFETCH", defaults.prefetch, minimum=1, maximum=65535
             ),
             batch_ttl=_integer(raw("BATCH_TTL"), "BATCH_TTL", defaults.batch_ttl, minimum=1),
+            failure_ttl=_integer(
+                raw("FAILURE_TTL"), "FAILURE_TTL", defaults.failure_ttl, minimum=1
+            ),
+            transfer_ttl=_integer(
+                raw("TRANSFER_TTL"), "TRANSFER_TTL", defaults.transfer_ttl, minimum=1
+            ),
             connect_retries=_integer(
                 raw("CONNECT_RETRIES"), "CONNECT_RETRIES", defaults.connect_retries, minimum=0
             ),

@@ -34,6 +34,8 @@ DEFAULT_NAMESPACE = "tensorfleet"
 
 #: Header set on every dead-lettered message: why the worker refused it.
 REASON_HEADER = "x-tensorfleet-reason"
+#: Header set on every dead-lettered message: the kind of refusal (worker.gate.REFUSAL_KINDS).
+KIND_HEADER = "x-tensorfleet-refusal"
 #: Header set on every dead-lettered message: the queue it was taken from.
 ORIGIN_HEADER = "x-tensorfleet-origin"
 

@@ -34,13 +34,13 @@ from broker.amqp import (
     CHUNK_HEADER,
     PERSISTENT,
     Chunk,
-    Reassembler,
     message_properties,
     new_task_id,
     safe_url,
     split_pieces,
     task_message,
 )
+from broker.chunking import Reassembler
 from broker.codec import Body
 from broker.errors import BrokerConnectionError, TensorFleetError
 from broker.settings import Settings, get_settings

@@ -15,11 +15,12 @@ When the last reference to it goes, and it owns its object
 
 from __future__ import annotations
 
-import random
+import os
 from collections.abc import Callable
 from types import MethodWrapperType
 from typing import TYPE_CHECKING, Any
 
+import numpy
 import torch
 
 from broker import codec, protocol
@@ -30,17 +31,37 @@ from broker.ops import is_inplace, wire_name
 if TYPE_CHECKING:
     from client.workers import BaseWorker
 
-_ids = random.Random()
+
+class _SecureIds:
+    """Object ids from the operating system's CSPRNG, drawn 4096 at a time.
+
+    An id is the only name of an object on a worker, so it must not be guessable
+    (issue 9): 63 random bits (ids travel as signed 64-bit integers) from
+    ``os.urandom``. Drawing them in blocks keeps a new id at a list pop on the hot
+    path; ``list.pop`` is atomic, so threads need no lock (two refilling at once
+    only draw more randomness).
+    """
+
+    _BLOCK = 4096
+
+    def __init__(self) -> None:
+        self._pool: list[int] = []
+
+    def __call__(self) -> int:
+        try:
+            return self._pool.pop()
+        except IndexError:
+            block = numpy.frombuffer(os.urandom(8 * self._BLOCK), dtype=numpy.uint64) >> 1
+            self._pool = block.tolist()
+            return self._pool.pop()
+
+
+new_id = _SecureIds()
 _REF = codec.ref_ext
 _NO_KWARGS: dict[str, Any] = {}
 SHAPES = ShapeCache()
 #: the owner of new pointers: the hook's local worker ("me"), set by TorchHook
 DEFAULT_OWNER: Any = None
-
-
-def new_id() -> int:
-    """A fresh object id in PySyft's range [0, 1e11): 36 random bits, fast and unique enough."""
-    return _ids.getrandbits(36)
 
 
 class Pointer:
@@ -235,7 +256,7 @@ def _fast_call(func: Callable[..., Any], info: tuple[str, bool], args: tuple[Any
     outputs = inferred.outputs
     if len(outputs) != 1:
         return None
-    result_id = _ids.getrandbits(36)
+    result_id = new_id()
     location.session.enqueue(
         location.id, (protocol.OP, name, tuple(wire), _NO_KWARGS, (result_id,), grad, None)
     )
@@ -275,7 +296,7 @@ def _general_call(
             return target
         return None
     if inferred.container is None:  # one result: the common case, kept short
-        result_id = _ids.getrandbits(36)
+        result_id = new_id()
         location._enqueue((protocol.OP, name, wire_args, wire_kwargs, (result_id,), grad, None))
         return PointerTensor._wrap(Pointer(location, result_id, outputs[0], route=route))
     result_ids = tuple([new_id() for _ in outputs])

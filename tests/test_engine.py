@@ -77,4 +77,13 @@ def test_middleware_sees_every_message_with_its_duration_and_errors() -> None:
 def test_forwarded_result_ids_are_deterministic_and_differ_per_hop() -> None:
     assert derive_id(42, "bob") == derive_id(42, "bob")
     assert derive_id(42, "bob") != derive_id(42, "alice")
-    assert 0 <= derive_id(42, "bob") < 100_000_000_000
+    assert 0 <= derive_id(42, "bob") < 2**63
+
+
+def test_object_ids_use_all_63_bits_and_never_repeat() -> None:
+    from client.pointer import new_id
+
+    ids = [new_id() for _ in range(20_000)]  # crosses several 4096-id refills
+    assert len(set(ids)) == len(ids)
+    assert all(0 <= obj_id < 2**63 for obj_id in ids)
+    assert max(ids) >= 2**62  # a 36-bit (PySyft) id space would never reach this

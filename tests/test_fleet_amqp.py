@@ -15,13 +15,13 @@ from broker.amqp import (
     FORWARD_HEADER,
     TASK_NAME,
     Chunk,
-    Reassembler,
     pika_url,
     safe_url,
     split,
     split_pieces,
     task_message,
 )
+from broker.chunking import Reassembler
 from broker.errors import MalformedMessageError, MessageTooLargeError
 
 

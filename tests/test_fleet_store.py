@@ -183,3 +183,44 @@ def test_a_commit_is_written_by_write_pending(client: redis.Redis, namespace: st
     assert store.discard_pending()
     store.write_pending()
     assert new_store(client, namespace).load() == 1
+
+
+def test_unreadable_records_are_quarantined_and_every_good_object_served(
+    client: redis.Redis, namespace: str
+) -> None:
+    store = new_store(client, namespace)
+    store.put(1, torch.arange(3.0), OWNER)
+    store.put(2, torch.ones(2, 2), OWNER)
+    store.mark_failed(3, {"type": "RuntimeError", "message": "boom", "command": "op"}, OWNER)
+    commit(store, "c:1", [])
+    objects_key = keys.objects(namespace, "bob")
+    garbage = {
+        b"not-an-id": b"T" + codec.encode_tensor(torch.zeros(1)),  # a good tensor, bad id
+        b"1.5": b"Tx",
+        b"99999999999999999999999": b"T",  # beyond 64 bits
+        b"4": b"T\xff\xff\xff\xff\xff\xff\xff\x7f",  # a header length past the buffer
+        b"5": b"Z" + b"\x00" * 10,  # no such record kind
+        b"6": b"V\xc1",  # not msgpack
+    }
+    client.hset(objects_key, mapping=garbage)
+    client.hset(keys.failures(namespace, "bob"), mapping={b"x": b"\x80", b"7": b"\xc1"})
+    client.hset(keys.owners(namespace, "bob"), mapping={b"owner-of-nothing": b"eve"})
+
+    restarted = new_store(client, namespace)
+    assert restarted.load() == 2
+    assert torch.equal(restarted.objects[1], torch.arange(3.0))
+    assert torch.equal(restarted.objects[2], torch.ones(2, 2))
+    assert set(restarted.failures) == {3}
+    assert restarted.owners == {1: OWNER, 2: OWNER, 3: OWNER}
+    quarantine = client.hgetall(keys.quarantine(namespace, "bob"))
+    assert {field.split(b":")[-1] for field in quarantine} == {
+        *garbage,
+        b"x",
+        b"7",
+        b"owner-of-nothing",
+    }
+    # moved, not copied: a second restart finds nothing bad left and the same good objects
+    assert set(client.hkeys(objects_key)) == {b"1", b"2"}
+    again = new_store(client, namespace)
+    assert again.load() == 2
+    assert len(client.hgetall(keys.quarantine(namespace, "bob"))) == len(quarantine)

@@ -118,3 +118,29 @@ def test_touch_counts_a_grad_that_appeared(make_store) -> None:
     store.touch(1)
     assert store.usage == {"carol": 24} == {"carol": object_bytes(weight)}
     settle(store, make_store)
+
+
+def test_failure_markers_expire_oldest_first_and_survive_a_restart_until_then(
+    make_store,
+) -> None:
+    store = make_store()
+    store.mark_failed(7, FAILURE, "carol")
+    store.mark_failed(8, FAILURE, "carol")
+    store.put(1, torch.ones(2), "carol")
+    settle(store, make_store)
+    due = store.failure_expiry[8]
+    assert store.failure_expiry[7] <= due
+    # just before 8's time only 7 (made first) may go; at 8's time both are gone
+    assert store.expire_failures(now=store.failure_expiry[7] - 1) == 0
+    assert store.expire_failures(now=due) == 2
+    assert store.failures == {}
+    assert set(store.owners) == {1}
+    settle(store, make_store)
+    if isinstance(store, RedisObjectStore):  # the expiry time itself was persisted
+        again = make_store()
+        again.load()  # type: ignore[attr-defined]
+        again.mark_failed(9, FAILURE, "carol")
+        settle(again, make_store)
+        reloaded = make_store()
+        reloaded.load()  # type: ignore[attr-defined]
+        assert reloaded.failure_expiry[9] == again.failure_expiry[9]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from broker import codec, protocol
+from broker import codec, protocol, schema
 from broker.errors import (
     ForbiddenOperationError,
     InvalidTensorForRemoteGet,
@@ -92,7 +92,7 @@ _COMMAND_LENGTH = {name: arity + 1 for name, arity in protocol.COMMAND_ARITY.ite
 def derive_id(obj_id: int, worker_id: str) -> int:
     """The id a forwarded result gets at the next hop: deterministic, so redelivery repeats it."""
     digest = hashlib.blake2b(f"{obj_id}:{worker_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 100_000_000_000
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: ids are signed 64-bit on the wire
 
 
 class Middleware:
@@ -235,6 +235,8 @@ class Engine:
             if replayed is not None:
                 return HandleResult(replayed)
         self._replies, self._forwards, self._rejected = [], {}, None
+        if self.store.failure_expiry:
+            self.store.expire_failures()
         for middleware in self.middleware:
             _guarded(middleware.before_message, self.worker_id, len(commands))
         started = time.perf_counter()
@@ -278,10 +280,14 @@ class Engine:
         name = command[0]
         handler = self._handlers.get(name)
         if handler is None or len(command) != _COMMAND_LENGTH.get(name):
-            request = command[-1] if len(command) > 1 and isinstance(command[-1], int) else None
             error = UnknownCommandError(name, self.worker_id)
-            self._fail(request, (), error, name)
+            self._fail(schema.request_of(command), (), error, name)
             self._rejected = str(error)
+            return
+        reason = schema.check_command(command)
+        if reason is not None:
+            self._fail(schema.request_of(command), (), MalformedMessageError(reason), name)
+            self._rejected = reason
             return
         by_command = self.stats.by_command
         by_command[name] = by_command.get(name, 0) + 1
@@ -830,13 +836,13 @@ def _validate_envelope(message: Any) -> tuple[int, str, str | None, list[Any]]:
     if not isinstance(message, dict):
         raise MalformedMessageError("the message is not a map")
     if message.get("v") != protocol.PROTOCOL_VERSION:
-        raise MalformedMessageError(f"unsupported protocol version {message.get('v')!r}")
+        raise MalformedMessageError(f"unsupported protocol version {message.get('v')!r:.40}")
     batch, sender = message.get("batch"), message.get("sender")
     reply_to, commands = message.get("reply_to"), message.get("commands")
-    if not isinstance(batch, int) or not isinstance(sender, str):
+    if type(batch) is not int or schema.check_request(batch) or schema.check_name(sender):
         raise MalformedMessageError("the envelope needs an int batch and a str sender")
-    if reply_to is not None and not isinstance(reply_to, str):
+    if reply_to is not None and schema.check_name(reply_to) is not None:
         raise MalformedMessageError("reply_to must be a string or None")
     if not isinstance(commands, list):
         raise MalformedMessageError("commands must be a list")
-    return batch, sender, reply_to, commands
+    return batch, str(sender), reply_to, commands

@@ -17,11 +17,13 @@ Celery's extension points, used as they are meant to be:
   dead-lettered as it arrived.
 
 Every refused message is published to the namespace's dead-letter exchange with
-the reason in ``x-tensorfleet-reason`` and acknowledged; the worker keeps serving.
+the reason in ``x-tensorfleet-reason``, its kind in ``x-tensorfleet-refusal``, and
+acknowledged; the worker keeps serving.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kombu.compression
@@ -33,6 +35,8 @@ from broker import codec
 from broker.amqp import TASK_NAME
 from broker.settings import get_settings
 from worker import runtime as runtime_module
+
+log = logging.getLogger(__name__)
 
 #: Room for the task envelope around a chunk of TENSORFLEET_MAX_MESSAGE_BYTES.
 HEADROOM = 1024 * 1024
@@ -109,16 +113,20 @@ def refusal(message: Any, limit: int) -> tuple[str, str] | None:
 def refuse(message: Any, kind: str, reason: str) -> None:
     """Dead-letter ``message`` as it arrived, with ``reason``, and acknowledge it."""
     runtime = runtime_module.current()
-    if runtime is not None:
-        runtime.publisher.dead_letter(
-            message.body,
-            reason,
-            kind=kind,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            headers=message.headers,
-        )
-    message.ack()
+    try:
+        if runtime is not None:
+            runtime.publisher.dead_letter(
+                message.body,
+                reason,
+                kind=kind,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                headers=message.headers,
+            )
+    except Exception:  # the message is refused either way: never let it stop the consumer
+        log.exception("dead-lettering a refused message failed; it is dropped")
+    finally:
+        message.ack()
 
 
 def fleet_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:

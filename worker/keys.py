@@ -22,6 +22,10 @@ key                                               type    value
 ``tensorfleet:<worker>:owners``                   hash    object or failure id -> the principal that
                                                           owns it (a RabbitMQ user, or ``@operator``
                                                           for datasets the worker's operator hosts)
+``tensorfleet:<worker>:quarantine``               hash    ``<hash>:<field>`` -> msgpack ``[reason,
+                                                          record]`` of a record the worker could not
+                                                          load: moved aside, never served, kept for
+                                                          the operator to inspect
 ``tensorfleet:<worker>:batch:<sender>:<batch>``   string  msgpack list of the outgoing messages
                                                           ``[kind, address, body]`` of an applied
                                                           batch, for replay on redelivery; expires
@@ -56,6 +60,11 @@ def failures(namespace: str, worker_id: str) -> str:
 def owners(namespace: str, worker_id: str) -> str:
     """Hash of the owner (principal) of every object and failure marker."""
     return f"{_prefix(namespace, worker_id)}:owners"
+
+
+def quarantine(namespace: str, worker_id: str) -> str:
+    """Hash of records moved aside because they could not be loaded."""
+    return f"{_prefix(namespace, worker_id)}:quarantine"
 
 
 def batch(namespace: str, worker_id: str, batch_key: str) -> str:

@@ -167,7 +167,7 @@ class Publisher:
 
     def dead_letter(
         self,
-        body: bytes | memoryview,
+        body: bytes | memoryview | str,
         reason: str,
         *,
         kind: str = "refused",
@@ -182,12 +182,13 @@ class Publisher:
             if isinstance(value, str | int | float | bool | bytes | type(None))
         }
         kept[topology.REASON_HEADER] = reason
+        kept[topology.KIND_HEADER] = kind
         kept[topology.ORIGIN_HEADER] = self.queue
         self.refusals[kind] = self.refusals.get(kind, 0) + 1
         log.warning("dead-lettering a message from %s: %s", self.queue, reason)
         with self.app.producer_or_acquire() as producer:
             producer.publish(
-                bytes(body),
+                _as_bytes(body),
                 exchange=self.dead_letter_exchange,
                 routing_key=self.queue,
                 headers=kept,
@@ -227,3 +228,10 @@ def _close_quietly(channel: Any) -> None:
         channel.close()
     except Exception:  # a channel the broker closed (NOT_FOUND) is already gone
         log.debug("closing a probe channel failed", exc_info=True)
+
+
+def _as_bytes(body: bytes | memoryview | str) -> bytes:
+    """The body as it arrived: kombu hands a body it thinks is text over as ``str``."""
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogateescape")
+    return bytes(body)

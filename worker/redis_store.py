@@ -17,6 +17,7 @@ The key schema is in :mod:`worker.keys`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import Encoder, PythonRespSerializer  # type: ignore[attr-defined]
 from redis.retry import Retry
 
-from broker import codec
+from broker import codec, schema
 from broker.errors import MalformedMessageError, StoreUnavailableError
 from broker.protocol import PointerRecord
 from worker import keys
@@ -124,6 +125,7 @@ class RedisObjectStore(ObjectStore):
         self._objects_key = keys.objects(namespace, worker_id)
         self._failures_key = keys.failures(namespace, worker_id)
         self._owners_key = keys.owners(namespace, worker_id)
+        self._quarantine_key = keys.quarantine(namespace, worker_id)
         #: ids changed since the last commit
         self._dirty: set[int] = set()
         self._cleared = False
@@ -260,7 +262,9 @@ class RedisObjectStore(ObjectStore):
                 if before == b"f":
                     failures.drop(field)
             elif obj_id in self.failures:
-                failures.set(field, msgpack.packb(self.failures[obj_id], use_bin_type=True))
+                expires = self.failure_expiry.get(obj_id, time.time() + self.failure_ttl)
+                failure_record = {**self.failures[obj_id], _EXPIRES: repr(expires)}
+                failures.set(field, msgpack.packb(failure_record, use_bin_type=True))
                 persisted[obj_id] = b"f"
                 if before in (b"o", _LARGE):
                     records.drop(field)
@@ -332,27 +336,56 @@ class RedisObjectStore(ObjectStore):
         self._persisted.clear()
         self._dirty.clear()
         self._cleared = False
-        owners = {
-            int(field): owner.decode(errors="replace")
-            for field, owner in self._call(self.redis.hgetall, self._owners_key).items()
-        }
-        records = self._call(self.redis.hgetall, self._objects_key)
-        for field, record in records.items():
-            obj_id = int(field)
+        owners: dict[int, str] = {}
+        for field, owner in self._call(self.redis.hgetall, self._owners_key).items():
+            owned_id = _record_id(field)
+            if owned_id is None or not owner:
+                self._quarantine(self._owners_key, field, owner, "not an object id and owner")
+            else:
+                owners[owned_id] = owner.decode(errors="replace")
+        for field, record in self._call(self.redis.hgetall, self._objects_key).items():
+            record_id = _record_id(field)
             try:
+                if record_id is None:
+                    raise MalformedMessageError("the field is not an object id")
+                obj_id = record_id
                 obj = self._decode_record(obj_id, record)
-            except (MalformedMessageError, NotImplementedError, ValueError) as error:
-                log.error(
-                    "object %s of %s cannot be loaded (%s); skipped", obj_id, self.worker_id, error
-                )
+            except StoreUnavailableError:
+                raise
+            except Exception as error:  # whatever a record holds, the other objects load
+                self._quarantine(self._objects_key, field, record, str(error))
                 continue
             ObjectStore.put(self, obj_id, obj, owners.get(obj_id, UNOWNED))
             self._persisted[obj_id] = _LARGE if record[:1] == _LARGE else b"o"
         for field, data in self._call(self.redis.hgetall, self._failures_key).items():
-            self.failures[int(field)] = msgpack.unpackb(data, raw=False)
-            self.owners[int(field)] = owners.get(int(field), UNOWNED)
-            self._persisted[int(field)] = b"f"
+            failed_id = _record_id(field)
+            failure = _failure_record(data)
+            if failed_id is None or failure is None:
+                self._quarantine(self._failures_key, field, data, "not a failure marker")
+                continue
+            expires = failure.pop(_EXPIRES, None)
+            self.failures[failed_id] = failure
+            self.failure_expiry[failed_id] = _float(expires, time.time() + self.failure_ttl)
+            self.owners[failed_id] = owners.get(failed_id, UNOWNED)
+            self._persisted[failed_id] = b"f"
+        self.failure_expiry = dict(sorted(self.failure_expiry.items(), key=lambda item: item[1]))
         return len(self.objects)
+
+    def _quarantine(self, key: str, field: bytes, record: bytes, reason: str) -> None:
+        """Move a record the worker cannot load aside, so every good one is still served."""
+        log.error(
+            "%s field %r of %s cannot be loaded (%s); moved to %s",
+            key,
+            field[:64],
+            self.worker_id,
+            reason,
+            self._quarantine_key,
+        )
+        moved = msgpack.packb([reason, record], use_bin_type=True)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._quarantine_key, f"{key}:".encode() + field, moved)
+        pipe.hdel(key, field)
+        self._call(pipe.execute)
 
     def _decode_record(self, obj_id: int, record: bytes) -> Any:
         kind, payload = record[:1], memoryview(record)[1:]
@@ -380,3 +413,35 @@ class RedisObjectStore(ObjectStore):
             raise StoreUnavailableError(
                 self.worker_id, self._url, f"{type(error).__name__}: {error}"
             ) from None
+
+
+#: key of a stored failure marker holding its expiry time (wall clock, seconds)
+_EXPIRES = "expires"
+
+
+def _float(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _record_id(field: bytes) -> int | None:
+    """The object id a hash field names, or None if it names none (see broker.schema)."""
+    if not field.isdigit() or len(field) > 19:
+        return None
+    obj_id = int(field)
+    return obj_id if schema.is_id(obj_id) else None
+
+
+def _failure_record(data: bytes) -> dict[str, str] | None:
+    """A stored failure marker (``{type, message, command}``), or None if it is not one."""
+    try:
+        error = msgpack.unpackb(data, raw=False, max_map_len=16)
+    except Exception:
+        return None
+    if not isinstance(error, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in error.items()
+    ):
+        return None
+    return error

@@ -51,7 +51,8 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from broker import codec, protocol, topology
-from broker.amqp import Chunk, Reassembler
+from broker.amqp import Chunk
+from broker.chunking import Reassembler
 from broker.errors import (
     MalformedMessageError,
     MessageTooLargeError,
@@ -130,7 +131,7 @@ class Runtime:
         #: memory only: a worker that dies mid-transfer loses the parts it acknowledged, the
         #: sender's synchronising call reports it unavailable, and nothing of that message
         #: was applied (a message's commands are durable once it has run)
-        self.reassembler = Reassembler(settings.max_object_bytes)
+        self.reassembler = Reassembler(settings.max_object_bytes, ttl=settings.transfer_ttl)
         #: memory may be ahead of Redis: reload before the next message
         self.stale = True
         #: Redis is unreachable: consuming is paused until a probe succeeds
@@ -167,7 +168,7 @@ class Runtime:
                 self.store.load()
                 self.stale = False
             if arrival.chunk is not None:
-                whole = self.reassembler.add(Chunk.from_wire(arrival.chunk), body)
+                whole = self._reassemble(body, arrival)
                 if whole is None:
                     return None
                 envelope = whole  # writable: big tensors are decoded without a copy
@@ -210,6 +211,23 @@ class Runtime:
         if arrival.direct:
             return None
         return bytes(codec.encode_inline(protocol.reply_envelope(result.replies)))
+
+    def _reassemble(self, part: bytes, arrival: Arrival) -> memoryview | None:
+        """Add one part of a chunked message; the whole message once its last part is in.
+
+        A part whose chunk header lies is dead-lettered on its own (broker.chunking says
+        which lies are caught); unfinished transfers past their TTL are dropped here.
+        """
+        self.reassembler.expire()
+        try:
+            return self.reassembler.add(
+                Chunk.from_wire(arrival.chunk), part, arrival.user_id or ANONYMOUS
+            )
+        except MalformedMessageError as error:
+            self.publisher.dead_letter_envelope(part, str(error), arrival.headers)
+            if arrival.direct:
+                return None
+            raise
 
     def trusts_forwarder(self, principal: str, sender: str) -> bool:
         """Whether RabbitMQ user ``principal`` is worker ``sender`` (or the shared account)."""

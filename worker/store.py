@@ -12,11 +12,13 @@ directly: they are the hot path.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
 from broker.codec import Body
+from broker.settings import get_settings
 
 
 def object_bytes(obj: Any) -> int:
@@ -37,6 +39,10 @@ class ObjectStore:
         self.worker_id = worker_id
         self.objects: dict[int, Any] = {}
         self.failures: dict[int, dict[str, str]] = {}
+        #: failure id -> wall-clock time it expires, oldest first (TENSORFLEET_FAILURE_TTL);
+        #: wall clock, because markers outlive the process in Redis
+        self.failure_expiry: dict[int, float] = {}
+        self.failure_ttl = get_settings().failure_ttl
         #: object or failure id -> the principal that owns it
         self.owners: dict[int, str] = {}
         #: principal -> bytes of the objects it owns here (see :func:`object_bytes`)
@@ -108,12 +114,33 @@ class ObjectStore:
         self.objects.pop(obj_id, None)
         self.failures[obj_id] = error
         self.owners[obj_id] = owner
+        self.failure_expiry.pop(obj_id, None)  # re-marked: moves to the end of the order
+        self.failure_expiry[obj_id] = time.time() + self.failure_ttl
+
+    def expire_failures(self, now: float | None = None) -> int:
+        """Forget failure markers past their time; returns how many were dropped.
+
+        Markers expire in the order they were made (one TTL for all), so this stops at
+        the first one still due: a message pays only for what actually expires.
+        """
+        now = time.time() if now is None else now
+        expired = []
+        for obj_id, deadline in self.failure_expiry.items():
+            if deadline > now:
+                break
+            expired.append(obj_id)
+        for obj_id in expired:
+            del self.failure_expiry[obj_id]
+            if obj_id in self.failures:
+                self.discard(obj_id)
+        return len(expired)
 
     def clear(self, owner: str | None = None) -> None:
         """Forget every object and failure (of ``owner`` only, when given)."""
         if owner is None:
             self.objects.clear()
             self.failures.clear()
+            self.failure_expiry.clear()
             self.owners.clear()
             self.usage.clear()
             self._sizes.clear()
