@@ -135,11 +135,12 @@ def consumer_counts(worker_ids: Sequence[str], settings: Settings) -> dict[str, 
     import pika
     import pika.exceptions
 
-    from broker.amqp import pika_url, safe_url
+    from broker.amqp import safe_url
+    from broker.tls import pika_parameters
 
     counts: dict[str, int] = {}
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+        connection = pika.BlockingConnection(pika_parameters(settings))
     except pika.exceptions.AMQPError as error:
         raise BrokerConnectionError(safe_url(settings.broker_url), repr(error)) from None
     try:

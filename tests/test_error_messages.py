@@ -48,6 +48,8 @@ SAMPLES = {
     "principal": "carol",
     "quota": 1073741824,
     "action": "delete",
+    "path": "fleets/prod.toml",
+    "problem": "workers.bob.redis: expected a URL starting with redis:// or rediss://",
 }
 
 

@@ -60,6 +60,7 @@ from broker.errors import (
     error_to_wire,
 )
 from broker.settings import Settings
+from broker.tls import redis_ssl_kwargs
 from worker.access import ANONYMOUS
 from worker.datasets import load_dataset, parse_option
 from worker.engine import Delivery, Engine
@@ -109,7 +110,7 @@ class Runtime:
         self.queue = topology.worker_queue(worker_id, settings.namespace)
         self.store = RedisObjectStore(
             worker_id,
-            connect(settings.redis_url),
+            connect(settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url)),
             settings.namespace,
             part_bytes=settings.max_message_bytes,
             batch_ttl=settings.batch_ttl,
@@ -147,7 +148,9 @@ class Runtime:
         self.resume_consuming: Callable[[], None] = lambda: None
         self.call_repeatedly: Callable[[float, Callable[[], None]], Any] | None = None
         self._probe: Any = None
-        self._probe_client = connect_probe(settings.redis_url)
+        self._probe_client = connect_probe(
+            settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url)
+        )
 
     # ------------------------------------------------------------------ one message
     def run(self, body: bytes, arrival: Arrival) -> bytes | None:
