@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,16 @@ def fleet_workers(
 
 @contextlib.contextmanager
 def private_fleet(
-    worker_ids: Sequence[str], hook: Any, announce: Announce = _quiet
+    worker_ids: Sequence[str],
+    hook: Any,
+    announce: Announce = _quiet,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[list[Any]]:
-    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after."""
+    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after.
+
+    ``worker_env`` gives some workers settings of their own (``{"carol":
+    {"TENSORFLEET_TASK_EVENTS": "0"}}``), on top of this process's environment.
+    """
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
     namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _switch_namespace(namespace)
@@ -93,8 +100,12 @@ def private_fleet(
         log_dir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
         for worker_id in worker_ids:
             with open(log_dir / f"{worker_id}.log", "wb") as log:
+                extra = (worker_env or {}).get(worker_id)
                 processes[worker_id] = start_worker_process(
-                    worker_id, log=log, die_with_parent=True
+                    worker_id,
+                    None if extra is None else {**os.environ, **extra},
+                    log=log,
+                    die_with_parent=True,
                 )
         try:
             _wait_until_serving(workers, processes, log_dir, announce)
