@@ -188,6 +188,16 @@ class StoreUnavailableError(TensorFleetError):
         )
 
 
+class FleetFileError(TensorFleetError, ValueError):
+    """A fleet file (``tensorfleet provision FLEET_FILE``) cannot be read or is not valid."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"Fleet file {path} is not valid: {problem}. Fix it and run `tensorfleet provision` "
+            "again (the README's section on provisioning shows a complete fleet file)."
+        )
+
+
 class UnknownWorkerError(TensorFleetError):
     """A command would send data or work to a worker that is not part of the fleet."""
 
@@ -293,6 +303,7 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         PlanNotBuiltError,
         ConfigurationError,
         StoreUnavailableError,
+        FleetFileError,
         UnknownWorkerError,
         OperationTooLargeError,
         UnboundedOperationError,

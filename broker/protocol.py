@@ -57,6 +57,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from broker.tree import map_leaves
+
 PROTOCOL_VERSION = 1
 
 STORE = "store"
@@ -119,14 +121,7 @@ class Slot:
 
 def bind_slots(value: Any, slots: list[Any]) -> Any:
     """``value`` with every Slot replaced by ``slots[slot.index]`` (lists, tuples, dicts too)."""
-    kind = type(value)
-    if kind is Slot:
-        return slots[value.index]
-    if kind is list or kind is tuple:
-        return kind(bind_slots(item, slots) for item in value)
-    if kind is dict:
-        return {key: bind_slots(item, slots) for key, item in value.items()}
-    return value
+    return map_leaves(value, lambda leaf: slots[leaf.index] if type(leaf) is Slot else leaf)
 
 
 # -- end Plans ------------------------------------------------------------------------

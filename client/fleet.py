@@ -36,7 +36,6 @@ from broker.amqp import (
     Chunk,
     message_properties,
     new_task_id,
-    pika_url,
     safe_url,
     split_pieces,
     task_message,
@@ -45,6 +44,7 @@ from broker.chunking import Reassembler
 from broker.codec import Body
 from broker.errors import BrokerConnectionError, TensorFleetError
 from broker.settings import Settings, get_settings
+from broker.tls import pika_parameters
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class FleetTransport:
         self._disconnect()
 
     def _connect(self) -> None:
-        parameters = pika.URLParameters(pika_url(self.settings.broker_url))
+        parameters = pika_parameters(self.settings)  # amqps://: TLS options (broker/tls.py)
         parameters.connection_attempts = 1
         parameters.socket_timeout = 10
         parameters.blocked_connection_timeout = 300

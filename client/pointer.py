@@ -27,6 +27,7 @@ from broker import codec, protocol
 from broker.errors import GetRequiredError, TensorsNotCollocatedException
 from broker.meta import Meta, ShapeCache
 from broker.ops import is_inplace, wire_name
+from broker.tree import leaves
 
 if TYPE_CHECKING:
     from client.workers import BaseWorker
@@ -187,22 +188,16 @@ class _LocalTensor:
 
 
 def _check_no_local(call: _Call, value: Any) -> None:
-    kind = type(value)
-    if kind is _LocalTensor:
-        assert call.pointer is not None
-        raise TensorsNotCollocatedException(
-            call.name,
-            repr(call.pointer.child),
-            call.pointer.child.location.id,
-            _local_label(value.tensor),
-            "me",
-        )
-    if kind is list or kind is tuple:
-        for item in value:
-            _check_no_local(call, item)
-    elif kind is dict:
-        for item in value.values():
-            _check_no_local(call, item)
+    for leaf in leaves(value):
+        if type(leaf) is _LocalTensor:
+            assert call.pointer is not None
+            raise TensorsNotCollocatedException(
+                call.name,
+                repr(call.pointer.child),
+                call.pointer.child.location.id,
+                _local_label(leaf.tensor),
+                "me",
+            )
 
 
 #: func -> (wire name, whether it is in place): computed once per callable

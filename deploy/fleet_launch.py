@@ -82,10 +82,13 @@ def private_fleet(
     worker_ids: Sequence[str],
     hook: Any,
     announce: Announce = _quiet,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
     datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[list[Any]]:
     """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after.
 
+    ``worker_env`` gives some workers settings of their own (``{"carol":
+    {"TENSORFLEET_TASK_EVENTS": "0"}}``), on top of this process's environment;
     ``datasets`` maps a worker id to the ``NAME=PATH`` datasets it hosts (``--dataset``).
     """
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
@@ -105,8 +108,10 @@ def private_fleet(
         log_dir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
         for worker_id in worker_ids:
             with open(log_dir / f"{worker_id}.log", "wb") as log:
+                extra = (worker_env or {}).get(worker_id)
                 processes[worker_id] = start_worker_process(
                     worker_id,
+                    None if extra is None else {**os.environ, **extra},
                     log=log,
                     die_with_parent=True,
                     datasets=(datasets or {}).get(worker_id, ()),
@@ -150,11 +155,12 @@ def consumer_counts(worker_ids: Sequence[str], settings: Settings) -> dict[str, 
     import pika
     import pika.exceptions
 
-    from broker.amqp import pika_url, safe_url
+    from broker.amqp import safe_url
+    from broker.tls import pika_parameters
 
     counts: dict[str, int] = {}
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+        connection = pika.BlockingConnection(pika_parameters(settings))
     except pika.exceptions.AMQPError as error:
         raise BrokerConnectionError(safe_url(settings.broker_url), repr(error)) from None
     try:

@@ -60,6 +60,7 @@ class RunningFleet:
         namespace: str,
         env: Mapping[str, str],
         log_dir: Path,
+        worker_env: Mapping[str, Mapping[str, str]] | None = None,
         datasets: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.worker_ids = tuple(worker_ids)
@@ -67,6 +68,8 @@ class RunningFleet:
         self.datasets = {key: tuple(value) for key, value in (datasets or {}).items()}
         self.namespace = namespace
         self.env = dict(env)
+        #: worker id -> variables only that worker gets (its own TENSORFLEET_REDIS_URL...)
+        self.worker_env = {w: dict(v) for w, v in (worker_env or {}).items()}
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.settings = Settings.from_env(self.env)
@@ -80,9 +83,10 @@ class RunningFleet:
         if process is not None and process.poll() is None:
             raise RuntimeError(f"worker {worker_id} is already running")
         with open(self.log_path(worker_id), "ab") as log:
+            env = {**self.env, **self.worker_env.get(worker_id, {})}
             self.processes[worker_id] = start_worker_process(
                 worker_id,
-                self.env,
+                env,
                 log=log,
                 cwd=REPO,
                 die_with_parent=True,
@@ -200,24 +204,28 @@ def fleet(
     worker_ids: Sequence[str],
     namespace: str | None = None,
     env: Mapping[str, str] | None = None,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
     datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[RunningFleet]:
     """Run ``tensorfleet worker <id>`` for every id in a fresh namespace; see the module doc.
 
     ``env`` adds environment variables for the workers (for example a small
     ``TENSORFLEET_MAX_MESSAGE_BYTES``); this process keeps its own settings
-    except for the namespace. ``datasets`` maps a worker id to the ``NAME=PATH``
-    datasets it hosts (``--dataset``).
+    except for the namespace. ``worker_env`` adds variables for one worker each
+    (``{"bob": {"TENSORFLEET_REDIS_URL": ...}}``: a store, or a Redis user, of its own);
+    ``datasets`` maps a worker id to the ``NAME=PATH`` datasets it hosts (``--dataset``).
     """
     namespace = namespace or new_namespace()
-    worker_env = {**os.environ, **(env or {}), "TENSORFLEET_NAMESPACE": namespace}
-    worker_env.pop("TENSORFLEET_WORKER_ID", None)
+    shared_env = {**os.environ, **(env or {}), "TENSORFLEET_NAMESPACE": namespace}
+    shared_env.pop("TENSORFLEET_WORKER_ID", None)
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
     os.environ["TENSORFLEET_NAMESPACE"] = namespace
     get_settings.cache_clear()
     reset_fleet_transport()
     with tempfile.TemporaryDirectory(prefix=f"{namespace}-") as log_dir:
-        running = RunningFleet(worker_ids, namespace, worker_env, Path(log_dir), datasets)
+        running = RunningFleet(
+            worker_ids, namespace, shared_env, Path(log_dir), worker_env, datasets
+        )
         try:
             for worker_id in worker_ids:
                 running.start(worker_id, wait=False)

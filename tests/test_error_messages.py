@@ -50,6 +50,8 @@ SAMPLES = {
     "action": "delete",
     "query": "#digits #data",
     "found": 0,
+    "path": "fleets/prod.toml",
+    "problem": "workers.bob.redis: expected a URL starting with redis:// or rediss://",
 }
 
 

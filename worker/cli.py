@@ -85,10 +85,11 @@ def check_servers(worker_ids: Sequence[str]) -> None:
     from broker.amqp import safe_url
     from broker.errors import BrokerConnectionError, StoreUnavailableError
     from broker.settings import get_settings
+    from broker.tls import kombu_ssl, redis_ssl_kwargs
     from worker.redis_store import connect
 
     settings = get_settings()
-    connection = kombu.Connection(settings.broker_url, connect_timeout=5)
+    connection = kombu.Connection(settings.broker_url, connect_timeout=5, ssl=kombu_ssl(settings))
     try:
         connection.ensure_connection(
             max_retries=settings.connect_retries, interval_start=1, interval_step=1, interval_max=5
@@ -100,7 +101,7 @@ def check_servers(worker_ids: Sequence[str]) -> None:
         raise BrokerConnectionError(safe_url(settings.broker_url), reason) from None
     finally:
         connection.release()
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url))
     try:
         client.ping()
     except redis.RedisError as error:

@@ -158,11 +158,11 @@ def purge_namespace(namespace: str, worker_ids: Sequence[str], settings: Setting
     import pika
     import redis
 
-    from broker.amqp import pika_url
+    from broker.tls import pika_parameters, redis_ssl_kwargs
     from worker import keys
 
     with contextlib.suppress(Exception):
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+        connection = pika.BlockingConnection(pika_parameters(settings))
         channel = connection.channel()
         for worker_id in worker_ids:
             name = topology.worker_queue(worker_id, namespace)
@@ -172,7 +172,9 @@ def purge_namespace(namespace: str, worker_ids: Sequence[str], settings: Setting
         channel.exchange_delete(topology.dead_letter_exchange(namespace))
         connection.close()
     with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(
+            settings.redis_url, **redis_ssl_kwargs(settings, settings.redis_url)
+        )
         found = list(client.scan_iter(match=keys.pattern(namespace), count=1000))
         for start in range(0, len(found), 500):
             client.delete(*found[start : start + 500])
