@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from broker import codec, protocol
-from client.pointer import make_pointer, new_id
+from client.pointer import PointerTensor, make_pointer, new_id
 
 if TYPE_CHECKING:
     from client.workers import BaseWorker
@@ -90,7 +90,7 @@ def hosted_tensors(tensors: Iterable[torch.Tensor]) -> list[Any]:
 
     hosted = []
     for tensor in tensors:
-        if not isinstance(tensor, torch.Tensor) or type(tensor).__name__ == "PointerTensor":
+        if not isinstance(tensor, torch.Tensor) or isinstance(tensor, PointerTensor):
             raise TypeError(
                 f"data= takes local tensors for the worker to host, not {type(tensor).__name__}"
             )
