@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgpack
+from kombu.utils.url import sanitize_url
 
 from broker.codec import CONTENT_ENCODING, CONTENT_TYPE, Frames
 from broker.errors import MalformedMessageError
@@ -226,9 +227,9 @@ def broker_user(url: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """``url`` without its passwords, for error messages and logs.
+
+    kombu's own ``sanitize_url``, applied to each URL of a ``;``-separated failover
+    list (kombu masks only the first one of such a list).
+    """
+    return ";".join(sanitize_url(part) for part in url.split(";"))

@@ -4,8 +4,9 @@ Content type ``application/x-msgpack``. Values msgpack cannot carry travel as
 extension types with explicit codes (below); decoding refuses unknown codes, so a
 message can only ever produce plain data, tensors and the protocol's records.
 There is no pickle anywhere: a tensor is one safetensors buffer whose header
-metadata carries ``requires_grad``, whether it is a ``Parameter`` and whether a
-``grad`` travels with it. The same tensor encoding is what workers keep in Redis.
+metadata carries ``requires_grad``, whether it is a ``Parameter``, whether a
+``grad`` travels with it, and the tensor's ``tags`` and ``description`` if it has
+any. The same tensor encoding is what workers keep in Redis.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -141,6 +143,13 @@ def encode_tensor_parts(tensor: torch.Tensor, copy: bool = True) -> list[memoryv
     if data.dtype is torch.complex128:
         data = torch.view_as_real(data.resolve_conj())
         metadata["complex"] = "1"
+    extra = tensor.__dict__
+    if extra:  # PySyft's tags and description (t.tag(...), t.describe(...)) travel along
+        tags, description = extra.get("tags"), extra.get("description")
+        if tags:
+            metadata["tags"] = " ".join(sorted(str(tag) for tag in tags))
+        if description:
+            metadata["description"] = str(description)
     pieces = {"data": data}
     grad = tensor.grad if tensor.requires_grad and tensor.is_leaf else None
     if grad is not None:
@@ -333,6 +342,11 @@ def decode_tensor(buffer: Body, copy: bool = False) -> torch.Tensor:
         tensor.requires_grad_(True)
     if "grad" in header and requires_grad:
         tensor.grad = _entry(header, "grad", view, start, copy)
+    tags, description = metadata.get("tags"), metadata.get("description")
+    if tags and isinstance(tags, str):
+        tensor.tags = set(tags.split())  # type: ignore[attr-defined]
+    if description and isinstance(description, str):
+        tensor.description = description  # type: ignore[attr-defined]
     return tensor
 
 
@@ -341,54 +355,6 @@ def decode_tensor(buffer: Body, copy: bool = False) -> torch.Tensor:
 
 def _pack_nested(value: Any) -> bytes:
     return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
-
-
-def _default(value: Any) -> msgpack.ExtType:
-    if isinstance(value, Ref):
-        return msgpack.ExtType(EXT_REF, _REF_STRUCT.pack(value.id, _REF_ATTR_CODES[value.attr]))
-    if isinstance(value, torch.Tensor):
-        return msgpack.ExtType(EXT_TENSOR, encode_tensor(value))
-    if isinstance(value, TensorAttachment):  # inside a nested value: travels inline
-        return msgpack.ExtType(EXT_TENSOR, b"".join(value.parts))
-    if isinstance(value, Slot):  # Plans
-        return msgpack.ExtType(EXT_SLOT, _SLOT_STRUCT.pack(value.index))
-    if isinstance(value, tuple):  # also torch.Size and named tuples
-        return msgpack.ExtType(EXT_TUPLE, _pack_nested(list(value)))
-    if isinstance(value, list):  # list subclasses
-        return msgpack.ExtType(EXT_TUPLE, _pack_nested(list(value)))  # pragma: no cover
-    if isinstance(value, slice):
-        return msgpack.ExtType(EXT_SLICE, _pack_nested([value.start, value.stop, value.step]))
-    if value is Ellipsis:
-        return msgpack.ExtType(EXT_ELLIPSIS, b"")
-    if isinstance(value, torch.dtype):
-        return msgpack.ExtType(EXT_DTYPE, dtype_name(value).encode())
-    if isinstance(value, torch.memory_format):
-        return msgpack.ExtType(EXT_MEMORY_FORMAT, _MEMORY_FORMAT_NAMES[value].encode())
-    if isinstance(value, torch.device):
-        return msgpack.ExtType(EXT_DEVICE, str(value).encode())
-    if isinstance(value, PointerRecord):
-        return msgpack.ExtType(
-            EXT_POINTER,
-            _pack_nested(
-                [
-                    value.location,
-                    value.id_at_location,
-                    value.owns,
-                    list(value.shape),
-                    value.dtype,
-                    value.requires_grad,
-                ]
-            ),
-        )
-    if isinstance(value, complex):
-        return msgpack.ExtType(EXT_COMPLEX, _pack_nested([value.real, value.imag]))
-    if isinstance(value, bool | int | float | str | bytes):  # subclasses such as IntEnum
-        return value  # type: ignore[return-value]
-    if isinstance(value, dict):
-        return dict(value)  # type: ignore[return-value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
 
 
 _nesting = threading.local()
@@ -430,6 +396,19 @@ def _ext_ref(data: bytes) -> Ref:
     return Ref(obj_id, _REF_ATTR_NAMES[attr])
 
 
+def _pointer_bytes(value: PointerRecord) -> bytes:
+    return _pack_nested(
+        [
+            value.location,
+            value.id_at_location,
+            value.owns,
+            list(value.shape),
+            value.dtype,
+            value.requires_grad,
+        ]
+    )
+
+
 def _ext_pointer(data: bytes) -> PointerRecord:
     location, id_at_location, owns, shape, dtype, requires_grad = _unpack_nested(data)
     return PointerRecord(
@@ -465,19 +444,88 @@ def _ext_slot(data: bytes) -> Slot:  # Plans
     return Slot(_SLOT_STRUCT.unpack(data)[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """One row of the codec table: a value type, its extension code, both directions.
+
+    ``decode`` is None for a row that only encodes (a second type sharing a code).
+    """
+
+    code: int
+    types: tuple[type, ...]
+    encode: Callable[[Any], bytes]
+    decode: Callable[[bytes], Any] | None
+
+
+#: Every value msgpack cannot carry natively, encoder and decoder side by side. Subclasses
+#: (``Parameter``, ``torch.Size``, named tuples) match their row by ``isinstance``.
+EXTENSIONS: tuple[Extension, ...] = (
+    Extension(
+        EXT_REF,
+        (Ref,),
+        lambda ref: _REF_STRUCT.pack(ref.id, _REF_ATTR_CODES[ref.attr]),
+        _ext_ref,
+    ),
+    Extension(EXT_TENSOR, (torch.Tensor,), encode_tensor, decode_tensor),
+    # a tensor queued for out-of-band sending, met inside a nested value: travels inline
+    Extension(EXT_TENSOR, (TensorAttachment,), lambda item: b"".join(item.parts), None),
+    Extension(EXT_SLOT, (Slot,), lambda slot: _SLOT_STRUCT.pack(slot.index), _ext_slot),
+    Extension(
+        EXT_TUPLE,
+        (tuple, list),  # lists here are list subclasses: plain lists are msgpack arrays
+        lambda items: _pack_nested(list(items)),
+        lambda data: tuple(_unpack_nested(data)),
+    ),
+    Extension(
+        EXT_SLICE,
+        (slice,),
+        lambda value: _pack_nested([value.start, value.stop, value.step]),
+        _ext_slice,
+    ),
+    Extension(EXT_ELLIPSIS, (type(Ellipsis),), lambda value: b"", lambda data: Ellipsis),
+    Extension(
+        EXT_DTYPE,
+        (torch.dtype,),
+        lambda dtype: dtype_name(dtype).encode(),
+        lambda data: dtype_from_name(data.decode()),
+    ),
+    Extension(
+        EXT_MEMORY_FORMAT,
+        (torch.memory_format,),
+        lambda fmt: _MEMORY_FORMAT_NAMES[fmt].encode(),
+        _ext_memory_format,
+    ),
+    Extension(
+        EXT_DEVICE,
+        (torch.device,),
+        lambda device: str(device).encode(),
+        lambda data: torch.device(data.decode()),
+    ),
+    Extension(EXT_POINTER, (PointerRecord,), _pointer_bytes, _ext_pointer),
+    Extension(
+        EXT_COMPLEX, (complex,), lambda value: _pack_nested([value.real, value.imag]), _ext_complex
+    ),
+)
+_ENCODERS: dict[type, Extension] = {kind: row for row in EXTENSIONS for kind in row.types}
 _EXT_DECODERS: dict[int, Callable[[bytes], Any]] = {
-    EXT_TENSOR: decode_tensor,
-    EXT_REF: _ext_ref,
-    EXT_TUPLE: lambda data: tuple(_unpack_nested(data)),
-    EXT_SLICE: _ext_slice,
-    EXT_ELLIPSIS: lambda data: Ellipsis,
-    EXT_DTYPE: lambda data: dtype_from_name(data.decode()),
-    EXT_POINTER: _ext_pointer,
-    EXT_MEMORY_FORMAT: _ext_memory_format,
-    EXT_DEVICE: lambda data: torch.device(data.decode()),
-    EXT_COMPLEX: _ext_complex,
-    EXT_SLOT: _ext_slot,
+    row.code: row.decode for row in EXTENSIONS if row.decode is not None
 }
+
+
+def _default(value: Any) -> Any:
+    """msgpack's hook for a value it cannot pack: the table's row, or a plain stand-in."""
+    row = _ENCODERS.get(type(value))
+    if row is None:
+        row = next((row for row in EXTENSIONS if isinstance(value, row.types)), None)
+    if row is not None:
+        return msgpack.ExtType(row.code, row.encode(value))
+    if isinstance(value, bool | int | float | str | bytes):  # subclasses such as IntEnum
+        return value
+    if isinstance(value, dict):
+        return dict(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    raise TypeError(f"TensorFleet cannot send a {type(value).__name__} over the wire")
 
 
 _REF_CACHE: dict[bytes, Ref] = {}

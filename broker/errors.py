@@ -240,6 +240,16 @@ class StoreUnavailableError(TensorFleetError):
         )
 
 
+class FleetFileError(TensorFleetError, ValueError):
+    """A fleet file (``tensorfleet provision FLEET_FILE``) cannot be read or is not valid."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(
+            f"Fleet file {path} is not valid: {problem}. Fix it and run `tensorfleet provision` "
+            "again (the README's section on provisioning shows a complete fleet file)."
+        )
+
+
 class UnknownWorkerError(TensorFleetError):
     """A command would send data or work to a worker that is not part of the fleet."""
 
@@ -308,6 +318,17 @@ class GetNotPermittedError(TensorFleetError):
         )
 
 
+class DatasetNotFoundError(TensorFleetError):
+    """A search for one tensor of a hosted dataset found none, or more than one."""
+
+    def __init__(self, worker: str, query: str, found: int) -> None:
+        super().__init__(
+            f'Worker "{worker}" has {found} tensors tagged {query}, and a dataset share needs '
+            f"exactly one: check the tags with {worker}.search(...), and that {worker} hosts the "
+            "dataset (tensorfleet worker --dataset NAME=PATH, or VirtualWorker(..., data=[...]))."
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -338,12 +359,14 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         PlanNotBuiltError,
         ConfigurationError,
         StoreUnavailableError,
+        FleetFileError,
         UnknownWorkerError,
         OperationTooLargeError,
         UnboundedOperationError,
         QuotaExceededError,
         PermissionDeniedError,
         GetNotPermittedError,
+        DatasetNotFoundError,
         RemoteExecutionError,
     )
 }

@@ -35,8 +35,9 @@ count               [request]: reply with the number of stored objects
 clear               [request]: forget every object (no cascade)
 ping                [request]: reply ``True``; a health check
 search              [query, request]: reply ``[id, shape, dtype, requires_grad, tags,
-                    description]`` of every object the caller may use whose tags hold
-                    every query item (or whose id is one), for pointers (worker.datasets)
+                    description, private]`` of every object the caller may use whose tags
+                    hold every query item (or whose id is one), for pointers; ``private``:
+                    the operator hosts it, so it may be used, never taken (worker.datasets)
 forward_failed      [ids, error]: (worker to worker) the op forwarded under these ids
                     failed; mark the pointers to them failed too, and tell the hop before
 plan, run_plan      see worker/plans.py
@@ -55,6 +56,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from broker.tree import map_leaves
 
 PROTOCOL_VERSION = 1
 
@@ -118,14 +121,7 @@ class Slot:
 
 def bind_slots(value: Any, slots: list[Any]) -> Any:
     """``value`` with every Slot replaced by ``slots[slot.index]`` (lists, tuples, dicts too)."""
-    kind = type(value)
-    if kind is Slot:
-        return slots[value.index]
-    if kind is list or kind is tuple:
-        return kind(bind_slots(item, slots) for item in value)
-    if kind is dict:
-        return {key: bind_slots(item, slots) for key, item in value.items()}
-    return value
+    return map_leaves(value, lambda leaf: slots[leaf.index] if type(leaf) is Slot else leaf)
 
 
 # -- end Plans ------------------------------------------------------------------------

@@ -198,12 +198,51 @@ assert SCHEMA.keys() == protocol.COMMAND_ARITY.keys(), "every command needs a sc
 assert all(len(SCHEMA[name]) == arity for name, arity in protocol.COMMAND_ARITY.items())
 
 
+#: leaves an op's arguments usually are: a flat argument list of these needs no walk
+_FLAT_LEAVES = frozenset({type(None), bool, int, float, str, torch.Tensor, torch.nn.Parameter})
+
+
+def _plain_op(command: list[Any]) -> bool:
+    """The hot path: an op on refs and scalars, checked without the general walk.
+
+    True only if every field is valid; False means "take the general check", which
+    then finds the reason (or accepts what this shortcut does not cover).
+    """
+    _, name, args, kwargs, result_ids, grad_enabled, request = command
+    if not (
+        type(name) is str
+        and len(name) <= MAX_NAME_LENGTH
+        and type(args) is list
+        and type(kwargs) is dict
+        and type(result_ids) is list
+        and len(result_ids) <= MAX_RESULT_IDS
+        and type(grad_enabled) is bool
+        and (request is None or type(request) is int)  # msgpack ints fit 64 bits
+    ):
+        return False
+    for result_id in result_ids:
+        if type(result_id) is not int or not 0 <= result_id <= MAX_ID:
+            return False
+    for arg in args:
+        kind = type(arg)
+        if kind is Ref:
+            if not 0 <= arg.id <= MAX_ID:
+                return False
+        elif kind not in _FLAT_LEAVES:
+            return False
+    return not kwargs or all(
+        type(key) is str and type(value) in _FLAT_LEAVES for key, value in kwargs.items()
+    )
+
+
 def check_command(command: list[Any]) -> str | None:
     """Why ``[name, *fields]`` is not a valid command of a known name, or None if it is.
 
     The caller has already checked that the name is known and the length right.
     """
     name = command[0]
+    if name == protocol.OP and _plain_op(command):
+        return None
     for index, (check, field) in enumerate(zip(SCHEMA[name], command[1:], strict=True)):
         reason = check(field)
         if reason is not None:

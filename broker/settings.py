@@ -48,6 +48,12 @@ Variables and defaults:
 - ``TENSORFLEET_DATASETS`` (unset): datasets a worker's operator hosts, ``NAME=PATH`` entries
   separated by ``,`` (safetensors files; ``tensorfleet worker --dataset`` sets it); see
   worker/datasets.py.
+- ``TENSORFLEET_TLS_CA_FILE`` (unset): PEM file of the CA certificates that ``amqps://`` and
+  ``rediss://`` servers are verified against (unset: the system's CAs); see broker/tls.py.
+- ``TENSORFLEET_TLS_CERT_FILE`` (unset): PEM client certificate this process presents to
+  ``amqps://`` and ``rediss://`` servers that ask for one (mutual TLS).
+- ``TENSORFLEET_TLS_KEY_FILE`` (unset): PEM private key of that certificate (unset: it is in
+  the certificate file).
 """
 
 from __future__ import annotations
@@ -95,6 +101,9 @@ class Settings:
     worker_id: str | None = None
     worker_user: str | None = None
     datasets: tuple[str, ...] = ()
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +176,9 @@ class Settings:
                 else _name(raw("WORKER_ID"), "WORKER_ID", _WORKER_ID_PATTERN, "")
             ),
             worker_user=raw("WORKER_USER"),
+            tls_ca_file=_file(raw("TLS_CA_FILE"), "TLS_CA_FILE"),
+            tls_cert_file=_file(raw("TLS_CERT_FILE"), "TLS_CERT_FILE"),
+            tls_key_file=_file(raw("TLS_KEY_FILE"), "TLS_KEY_FILE", needs="TLS_CERT_FILE", env=env),
         )
 
 
@@ -237,5 +249,20 @@ def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) 
             f"TENSORFLEET_{name}",
             value,
             "letters, digits, '_', '.' and '-' only (no spaces or ':')",
+        )
+    return value
+
+
+def _file(
+    value: str | None, name: str, needs: str | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """A readable file's path (None if unset); ``needs``: a variable that must be set too."""
+    if value is None:
+        return None
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ConfigurationError(f"TENSORFLEET_{name}", value, "the path of a readable file")
+    if needs is not None and not (env or {}).get(f"TENSORFLEET_{needs}", "").strip():
+        raise ConfigurationError(
+            f"TENSORFLEET_{name}", value, f"TENSORFLEET_{needs} set too (the key's certificate)"
         )
     return value

@@ -27,6 +27,7 @@ _COMMANDS = {
     "bench": "deploy.bench.command:bench",
     "status": "worker.cli_ops:status",
     "dead-letters": "worker.cli_ops:dead_letters",
+    "provision": "deploy.provision:provision_command",
 }
 
 

@@ -54,7 +54,6 @@ from broker.amqp import (
     broker_user,
     message_properties,
     new_task_id,
-    pika_url,
     safe_url,
     split_pieces,
     task_message,
@@ -64,6 +63,7 @@ from broker.chunking import Reassembler
 from broker.codec import Body
 from broker.errors import BrokerConnectionError, TensorFleetError, WorkerNeverStartedError
 from broker.settings import Settings, get_settings
+from broker.tls import pika_parameters
 from client.transport import WorkerState
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class FleetTransport:
         return taken
 
     def _connect(self) -> None:
-        parameters = pika.URLParameters(pika_url(self.settings.broker_url))
+        parameters = pika_parameters(self.settings)  # amqps://: TLS options (broker/tls.py)
         parameters.connection_attempts = 1
         parameters.socket_timeout = 10
         parameters.blocked_connection_timeout = 300

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from broker.tree import map_leaves
 from client.pointer import PointerTensor
 
 
@@ -93,10 +94,7 @@ def _workers_of(args: Any, kwargs: Any) -> list[str]:
 
 
 def _pick(value: Any, worker_id: str) -> Any:
-    if isinstance(value, MultiPointerTensor):
-        return value.child.child[worker_id]
-    if isinstance(value, list | tuple):
-        return type(value)(_pick(item, worker_id) for item in value)
-    if isinstance(value, dict):
-        return {key: _pick(item, worker_id) for key, item in value.items()}
-    return value
+    return map_leaves(
+        value,
+        lambda leaf: leaf.child.child[worker_id] if isinstance(leaf, MultiPointerTensor) else leaf,
+    )

@@ -45,6 +45,7 @@ from broker.meta import Meta
 from broker.ops import wire_name
 from broker.plan_format import plan_data
 from broker.protocol import Slot, bind_slots
+from broker.tree import map_leaves
 from client.pointer import VALUE_READS, PointerTensor, make_pointer, new_id
 
 # ---------------------------------------------------------------------------- tracing
@@ -223,15 +224,9 @@ class _Tracer(TorchFunctionMode):
 
 
 def _to_slots(value: Any, slot_of: dict[int, int]) -> Any:
-    kind = type(value)
-    if kind is _Var:
-        return Slot(slot_of[value.number])
-    if kind is list or isinstance(value, tuple):
-        items = [_to_slots(item, slot_of) for item in value]
-        return items if kind is list else tuple(items)
-    if kind is dict:
-        return {key: _to_slots(item, slot_of) for key, item in value.items()}
-    return value
+    return map_leaves(
+        value, lambda leaf: Slot(slot_of[leaf.number]) if type(leaf) is _Var else leaf
+    )
 
 
 def _meta_of(tensor: torch.Tensor) -> Meta:

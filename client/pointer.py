@@ -27,6 +27,7 @@ from broker import codec, protocol
 from broker.errors import GetRequiredError, TensorsNotCollocatedException
 from broker.meta import Meta, ShapeCache
 from broker.ops import is_inplace, wire_name
+from broker.tree import leaves
 
 if TYPE_CHECKING:
     from client.workers import BaseWorker
@@ -191,22 +192,16 @@ class _LocalTensor:
 
 
 def _check_no_local(call: _Call, value: Any) -> None:
-    kind = type(value)
-    if kind is _LocalTensor:
-        assert call.pointer is not None
-        raise TensorsNotCollocatedException(
-            call.name,
-            repr(call.pointer.child),
-            call.pointer.child.location.id,
-            _local_label(value.tensor),
-            "me",
-        )
-    if kind is list or kind is tuple:
-        for item in value:
-            _check_no_local(call, item)
-    elif kind is dict:
-        for item in value.values():
-            _check_no_local(call, item)
+    for leaf in leaves(value):
+        if type(leaf) is _LocalTensor:
+            assert call.pointer is not None
+            raise TensorsNotCollocatedException(
+                call.name,
+                repr(call.pointer.child),
+                call.pointer.child.location.id,
+                _local_label(leaf.tensor),
+                "me",
+            )
 
 
 #: func -> (wire name, whether it is in place): computed once per callable
@@ -440,6 +435,12 @@ class PointerTensor(torch.Tensor):
     """A tensor whose data lives on a worker (PySyft's ``(Wrapper)>[PointerTensor ...]``)."""
 
     child: Pointer
+    #: set on pointers ``worker.search`` returns: the object's tags and description (PySyft),
+    #: and whether the worker's operator hosts it privately (then it may be computed on, but
+    #: ``.get()``, ``.move()`` and ``.send()`` raise GetNotPermittedError)
+    tags: set[str] | None = None
+    description: str | None = None
+    private: bool = False
 
     @staticmethod
     def _wrap(pointer: Pointer) -> Any:

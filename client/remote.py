@@ -14,7 +14,12 @@ from typing import Any
 import torch
 
 from broker import codec, protocol
-from broker.errors import ObjectNotFoundError, TransferIncompleteError, WorkerUnavailableError
+from broker.errors import (
+    GetNotPermittedError,
+    ObjectNotFoundError,
+    TransferIncompleteError,
+    WorkerUnavailableError,
+)
 from broker.meta import Meta
 from broker.protocol import PointerRecord
 from client import locate
@@ -51,6 +56,10 @@ def send_tensor(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
     obj_id = new_id()
     location._enqueue([protocol.STORE, obj_id, codec.tensor_ext(tensor), None])
     pointer = make_pointer(location, obj_id, local_meta(tensor))
+    extra = tensor.__dict__
+    if extra:  # tags and description are copied to the pointer (and stored with the object)
+        pointer.tags = set(extra["tags"]) if extra.get("tags") else None
+        pointer.description = extra.get("description")
     if tensor.requires_grad and tensor.is_leaf and tensor.grad is None:
         pointer.child.grad_cleared_epoch = location.backward_epoch
     return pointer
@@ -62,6 +71,8 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
         raise NotImplementedError("A pointer can be sent onward to one worker at a time.")
     location = _check_worker(locations[0])
     pointer = wrapper.child
+    if wrapper.private:  # hosted data: its worker refuses get and move; sending it on is no other
+        raise GetNotPermittedError(pointer.id_at_location, pointer.location.id)
     if pointer.point_to_attr is not None:
         raise ValueError(f"{pointer!r} points at an attribute; send .clone() of it instead")
     _check_same_fleet(pointer.location, location)

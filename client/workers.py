@@ -119,6 +119,18 @@ class BaseWorker:
         self._request([protocol.CLEAR, None], "clear_objects")
         return self if return_self else None
 
+    def search(self, *query: Any) -> list[Any]:
+        """``bob.search("#digits", "#data")``: pointers to the objects whose tags hold every item.
+
+        An int in the query names an object id. Only objects the caller may use are
+        found: its own, and data the worker's operator hosts (``ptr.private``: compute on
+        it, fetch results, never ``.get()``/``.move()``/``.send()`` it). The pointers have
+        garbage collection off, so dropping one never deletes the data (client/hosted.py).
+        """
+        from client.hosted import search
+
+        return search(self, query)
+
     def synchronize(self) -> None:
         """Wait until the worker has run every command sent so far (raises their errors)."""
         self.session.synchronize(self.id)
@@ -149,7 +161,35 @@ _fleet_session: Session | None = None
 
 
 class VirtualWorker(BaseWorker):
-    """A worker in this process: the same engine as the fleet, no servers."""
+    """A worker in this process: the same engine as the fleet, no servers.
+
+    ``data=[tensors]`` hosts tensors as the worker operator's private data, as
+    ``tensorfleet worker --dataset`` does on a fleet (see :meth:`load_data`).
+    """
+
+    def __init__(self, hook: Any = None, id: str = "", data: Any = None, **options: Any) -> None:
+        super().__init__(hook, id, **options)
+        if data is not None:
+            self.load_data(data)
+
+    def load_data(self, data: Any) -> list[int]:
+        """Host ``data`` (local tensors, with their ``.tag()``s and ``.describe()``) privately.
+
+        The worker keeps a copy of each, owned by its operator: found with ``search``,
+        usable by every client, never fetched, moved or sent. A tensor is kept under
+        ``t.id`` (set here when it has none), so hosting it again replaces it. Returns
+        the ids, in order.
+        """
+        from client.hosted import hosted_tensors
+        from client.inprocess import InProcessTransport
+
+        transport = self.session.transport
+        assert isinstance(transport, InProcessTransport)
+        engine = transport.hub.engine(self.id)
+        hosted = hosted_tensors(data)
+        for tensor in hosted:
+            engine.host(tensor)
+        return [tensor.obj_id for tensor in hosted]
 
     @classmethod
     def _session(cls) -> Session:

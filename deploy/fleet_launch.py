@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +71,26 @@ def fleet_workers(
         yield private
 
 
+def serving_workers(worker_ids: Sequence[str], hook: Any) -> list[Any] | None:
+    """``FleetWorker`` handles of the running fleet if all of ``worker_ids`` serve, else None."""
+    workers = _handles(worker_ids, hook)
+    return None if _not_serving(workers, get_settings()) else workers
+
+
 @contextlib.contextmanager
 def private_fleet(
-    worker_ids: Sequence[str], hook: Any, announce: Announce = _quiet
+    worker_ids: Sequence[str],
+    hook: Any,
+    announce: Announce = _quiet,
+    worker_env: Mapping[str, Mapping[str, str]] | None = None,
+    datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[list[Any]]:
-    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after."""
+    """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after.
+
+    ``worker_env`` gives some workers settings of their own (``{"carol":
+    {"TENSORFLEET_TASK_EVENTS": "0"}}``), on top of this process's environment;
+    ``datasets`` maps a worker id to the ``NAME=PATH`` datasets it hosts (``--dataset``).
+    """
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
     namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _switch_namespace(namespace)
@@ -93,8 +108,13 @@ def private_fleet(
         log_dir = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
         for worker_id in worker_ids:
             with open(log_dir / f"{worker_id}.log", "wb") as log:
+                extra = (worker_env or {}).get(worker_id)
                 processes[worker_id] = start_worker_process(
-                    worker_id, log=log, die_with_parent=True
+                    worker_id,
+                    None if extra is None else {**os.environ, **extra},
+                    log=log,
+                    die_with_parent=True,
+                    datasets=(datasets or {}).get(worker_id, ()),
                 )
         try:
             _wait_until_serving(workers, processes, log_dir, announce)
@@ -135,11 +155,12 @@ def consumer_counts(worker_ids: Sequence[str], settings: Settings) -> dict[str, 
     import pika
     import pika.exceptions
 
-    from broker.amqp import pika_url, safe_url
+    from broker.amqp import safe_url
+    from broker.tls import pika_parameters
 
     counts: dict[str, int] = {}
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+        connection = pika.BlockingConnection(pika_parameters(settings))
     except pika.exceptions.AMQPError as error:
         raise BrokerConnectionError(safe_url(settings.broker_url), repr(error)) from None
     try:

@@ -39,7 +39,7 @@ def celery_cli(fleet: Any, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_celery_inspect_ping_and_stats_answer_for_the_fleet(fleet: Any) -> None:
+def test_celery_inspect_ping_stats_active_and_status_answer_for_the_fleet(fleet: Any) -> None:
     done = celery_cli(fleet, "inspect", "ping", "--timeout", "10", "--json")
     assert done.returncode == 0, done.stderr
     answers = json.loads(done.stdout.strip().splitlines()[-1])
@@ -48,6 +48,14 @@ def test_celery_inspect_ping_and_stats_answer_for_the_fleet(fleet: Any) -> None:
     stats = celery_cli(fleet, "inspect", "stats", "--timeout", "10", "--json")
     assert stats.returncode == 0, stats.stderr
     assert len(json.loads(stats.stdout.strip().splitlines()[-1])) == len(fleet.worker_ids)
+    active = celery_cli(fleet, "inspect", "active", "--timeout", "10", "--json")
+    assert active.returncode == 0, active.stderr
+    running = json.loads(active.stdout.strip().splitlines()[-1])
+    assert {name.split("@")[0] for name in running} == names
+    assert all(isinstance(tasks, list) for tasks in running.values())
+    status = celery_cli(fleet, "status", "--timeout", "10")
+    assert status.returncode == 0, status.stderr
+    assert f"{len(fleet.worker_ids)} node" in status.stdout
 
 
 def test_a_foreign_celery_apps_broadcasts_never_reach_the_fleet(fleet: Any) -> None:

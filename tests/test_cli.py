@@ -296,7 +296,7 @@ def test_an_unreachable_broker_is_one_line(args, tmp_path):
     )
 
     line = error_line(result, 1)
-    assert f"Cannot talk to the broker at amqp://guest:***@127.0.0.1:{port}//" in line
+    assert f"Cannot talk to the broker at amqp://guest:**@127.0.0.1:{port}//" in line
     assert "Start RabbitMQ (or point TENSORFLEET_BROKER_URL at a running one)" in line
     assert list(tmp_path.iterdir()) == []  # no plot, no file of any kind
 

@@ -125,8 +125,11 @@ def test_broker_urls_mean_the_same_vhost_to_pika(celery_url: str, pika_form: str
 
 
 def test_safe_url_hides_the_password() -> None:
-    assert safe_url("amqp://guest:secret@h:5672//") == "amqp://guest:***@h:5672//"
+    assert safe_url("amqp://guest:secret@h:5672//") == "amqp://guest:**@h:5672//"
     assert safe_url("amqp://h//") == "amqp://h//"
+    failover = safe_url("amqps://a:one@h1:5671//;amqps://b:two@h2:5671//")
+    assert "one" not in failover and "two" not in failover
+    assert failover == "amqps://a:**@h1:5671//;amqps://b:**@h2:5671//"
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 100_000])

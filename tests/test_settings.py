@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from broker.errors import ConfigurationError
@@ -74,6 +76,8 @@ def test_empty_values_take_the_default() -> None:
         ("TENSORFLEET_BROKER_URL", "http://localhost"),
         ("TENSORFLEET_REDIS_URL", "localhost:6379"),
         ("TENSORFLEET_WORKER_ID", "bob smith"),
+        ("TENSORFLEET_TLS_CA_FILE", "/no/such/ca.pem"),
+        ("TENSORFLEET_TLS_CERT_FILE", "/no/such/client.pem"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
@@ -92,3 +96,20 @@ def test_get_settings_is_cached_until_cleared(monkeypatch: pytest.MonkeyPatch) -
     assert get_settings().batch_size == 7
     monkeypatch.undo()
     get_settings.cache_clear()
+
+
+def test_tls_files_are_read(tmp_path: Path) -> None:
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in files.values():
+        path.write_text("PEM")
+    settings = Settings.from_env(
+        {
+            "TENSORFLEET_TLS_CA_FILE": str(files["ca"]),
+            "TENSORFLEET_TLS_CERT_FILE": str(files["cert"]),
+            "TENSORFLEET_TLS_KEY_FILE": str(files["key"]),
+        }
+    )
+    assert settings.tls_ca_file == str(files["ca"])
+    assert settings.tls_cert_file == str(files["cert"])
+    assert settings.tls_key_file == str(files["key"])
+    assert Settings().tls_ca_file is None  # the system's CAs

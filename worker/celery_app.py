@@ -35,6 +35,7 @@ from broker import topology
 from broker.amqp import FORWARD_HEADER, RESEND_HEADER, TASK_NAME
 from broker.errors import ConfigurationError
 from broker.settings import Settings, get_settings
+from broker.tls import kombu_ssl
 from worker import control  # noqa: F401  (registers the tensorfleet_status inspect command)
 from worker import runtime as runtime_module
 from worker.gate import refuse_compressed_bodies
@@ -71,6 +72,8 @@ def make_app(settings: Settings) -> Celery:
         event_exchange=topology.event_exchange(settings.namespace),
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
+        # amqps://: verify the broker against TENSORFLEET_TLS_CA_FILE (broker/tls.py)
+        broker_use_ssl=kombu_ssl(settings),
     )
     return app
 

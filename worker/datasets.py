@@ -62,7 +62,7 @@ def hosted_id(worker_id: str, dataset: str, tensor_name: str) -> int:
     digest = hashlib.blake2b(
         f"hosted:{worker_id}:{dataset}:{tensor_name}".encode(), digest_size=8
     ).digest()
-    return int.from_bytes(digest, "little")
+    return int.from_bytes(digest, "little") >> 1  # 63 bits, as every object id
 
 
 def load_dataset(worker_id: str, name: str, path: Path) -> list[HostedTensor]:

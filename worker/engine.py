@@ -38,6 +38,7 @@ from broker.errors import (
 from broker.ops import is_inplace
 from broker.protocol import PointerRecord, Ref
 from broker.settings import get_settings
+from broker.tree import leaves, map_leaves
 from worker.access import ANONYMOUS, OPERATOR, Access, check
 from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
 from worker.datasets import HostedTensor
@@ -365,50 +366,42 @@ class Engine:
         return value
 
     def _resolve(self, value: Any) -> Any:
-        if type(value) is Ref:
-            return self._resolve_ref(value)
-        if type(value) is list or type(value) is tuple:
-            return type(value)(self._resolve(item) for item in value)
-        if type(value) is dict:
-            return {key: self._resolve(item) for key, item in value.items()}
-        return value
+        return map_leaves(value, self._resolve_leaf)
+
+    def _resolve_leaf(self, leaf: Any) -> Any:
+        return self._resolve_ref(leaf) if type(leaf) is Ref else leaf
 
     def _refs(self, value: Any) -> Iterable[Ref]:
-        if type(value) is Ref:
-            yield value
-        elif type(value) is list or type(value) is tuple:
-            for item in value:
-                yield from self._refs(item)
-        elif type(value) is dict:
-            for item in value.values():
-                yield from self._refs(item)
+        return (leaf for leaf in leaves(value) if type(leaf) is Ref)
 
     def _rewrite_for_forward(self, value: Any, location: str) -> Any:
         """Replace refs to stored pointers with refs to their targets at ``location``."""
-        if type(value) is Ref:
-            obj = self._lookup(value.id)
-            if not isinstance(obj, PointerRecord):
-                raise TensorsNotCollocatedException(
-                    "an operation",
-                    f"object {value.id}",
-                    self.worker_id,
-                    "a pointer's target",
-                    location,
-                )
-            if obj.location != location:
-                raise TensorsNotCollocatedException(
-                    "an operation",
-                    f"object {obj.id_at_location}",
-                    obj.location,
-                    "another pointer's target",
-                    location,
-                )
-            return Ref(obj.id_at_location, value.attr)
-        if type(value) is list or type(value) is tuple:
-            return type(value)(self._rewrite_for_forward(item, location) for item in value)
-        if type(value) is dict:
-            return {key: self._rewrite_for_forward(item, location) for key, item in value.items()}
-        return value
+
+        def rewrite(leaf: Any) -> Any:
+            return self._target_ref(leaf, location) if type(leaf) is Ref else leaf
+
+        return map_leaves(value, rewrite)
+
+    def _target_ref(self, value: Ref, location: str) -> Ref:
+        """The ref to what the stored pointer ``value`` names, which must live at ``location``."""
+        obj = self._lookup(value.id)
+        if not isinstance(obj, PointerRecord):
+            raise TensorsNotCollocatedException(
+                "an operation",
+                f"object {value.id}",
+                self.worker_id,
+                "a pointer's target",
+                location,
+            )
+        if obj.location != location:
+            raise TensorsNotCollocatedException(
+                "an operation",
+                f"object {obj.id_at_location}",
+                obj.location,
+                "another pointer's target",
+                location,
+            )
+        return Ref(obj.id_at_location, value.attr)
 
     # ------------------------------------------------------------------ commands
     def _store(self, obj_id: int, obj: Any, request: int | None) -> None:
@@ -785,6 +778,7 @@ class Engine:
                         obj.requires_grad,
                         sorted(tags),
                         str(getattr(obj, "description", "") or ""),
+                        owners.get(obj_id) == OPERATOR,
                     ]
                 )
         self._reply(request, found)

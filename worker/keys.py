@@ -10,9 +10,11 @@ key                                               type    value
 ================================================  ======  =======================================
 ``tensorfleet:<worker>:objects``                  hash    object id -> record: ``T`` + safetensors
                                                           bytes (a tensor, with its grad), ``P`` +
-                                                          msgpack PointerRecord, ``V`` + msgpack
-                                                          value (a plan, a list...), or ``L`` + the
-                                                          number of parts of a large tensor
+                                                          msgpack PointerRecord, ``N`` + msgpack
+                                                          plan data (broker.plan_format), ``V`` +
+                                                          msgpack value (a list of results...), or
+                                                          ``L`` + the number of parts of a large
+                                                          tensor
 ``tensorfleet:<worker>:tensor:<id>``              list    the safetensors bytes of a tensor above
                                                           ``TENSORFLEET_MAX_MESSAGE_BYTES``, in
                                                           parts (Redis values stop at 512 MiB)

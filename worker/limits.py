@@ -27,6 +27,7 @@ import torch
 
 from broker.errors import OperationTooLargeError, UnboundedOperationError
 from broker.meta import Meta, ShapeCache, is_data_dependent, meta_failure
+from broker.tree import leaves
 
 #: ops whose data-dependent results are never bigger than their inputs times their rank
 INPUT_BOUNDED = frozenset({"torch.where"})
@@ -81,12 +82,9 @@ def _meta_of(value: Any) -> Meta | None:
 
 def _tensors(values: Iterable[Any]) -> Iterable[torch.Tensor]:
     for value in values:
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif type(value) is list or type(value) is tuple:
-            yield from _tensors(value)
-        elif type(value) is dict:
-            yield from _tensors(value.values())
+        for leaf in leaves(value):
+            if isinstance(leaf, torch.Tensor):
+                yield leaf
 
 
 class OpLimits:

@@ -18,6 +18,7 @@ import torch
 from broker.ops import is_inplace
 from broker.plan_format import parse_plan
 from broker.protocol import Slot, bind_slots
+from broker.tree import leaves
 from worker.allowlist import Allowlist
 
 
@@ -83,14 +84,7 @@ class StoredPlan:
 
 
 def _has_slot(value: Any) -> bool:
-    kind = type(value)
-    if kind is Slot:
-        return True
-    if kind is list or kind is tuple:
-        return any(_has_slot(item) for item in value)
-    if kind is dict:
-        return any(_has_slot(item) for item in value.values())
-    return False
+    return any(type(leaf) is Slot for leaf in leaves(value))
 
 
 def decode_plan(data: Any, allowlist: Allowlist, worker_id: str) -> StoredPlan:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -53,13 +53,18 @@ REPLAY_LIMIT = 32 * 1024 * 1024
 Outgoing = tuple[str, str, codec.Body]
 
 
-def connect_probe(url: str) -> redis.Redis:
-    """A Redis client that fails at once (no retries, half-second timeouts): for probes."""
-    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+def connect_probe(url: str, tls: Mapping[str, Any] | None = None) -> redis.Redis:
+    """A Redis client that fails at once (no retries, half-second timeouts): for probes.
+
+    ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL (broker.tls.redis_ssl_kwargs).
+    """
+    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5, **(tls or {}))
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, tls: Mapping[str, Any] | None = None) -> redis.Redis:
     """A Redis client that retries a dropped connection a few times before failing.
+
+    ``tls``: redis-py's ``ssl_*`` options for a ``rediss://`` URL (broker.tls.redis_ssl_kwargs).
 
     Replies are parsed by hiredis, but commands are packed by redis-py's Python
     serializer: it sends a large value as its own buffer, where hiredis copies
@@ -72,6 +77,7 @@ def connect(url: str) -> redis.Redis:
         "health_check_interval": 30,
         "socket_keepalive": True,
         "command_packer": PythonRespSerializer(6000, encoder.encode),
+        **(tls or {}),
     }
     return redis.Redis.from_url(url, **options)
 

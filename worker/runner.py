@@ -105,17 +105,28 @@ def start_worker_process(
     cwd: str | os.PathLike[str] | None = None,
     quiet: bool = True,
     die_with_parent: bool = False,
+    datasets: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``tensorfleet worker <id>`` as a child process: the one launcher of worker processes.
 
     The CLI (``tensorfleet up``), the demo and benchmarks, and the test fixture all start
     workers here. ``log`` receives the worker's stdout and stderr (default: stdout is
     dropped when ``quiet``, stderr is inherited); ``die_with_parent`` makes Linux stop the
-    worker if this process dies first (tests and temporary fleets).
+    worker if this process dies first (tests and temporary fleets). ``datasets`` are
+    ``NAME=PATH`` entries the worker hosts (``--dataset``).
     """
     stdout: Any = log if log is not None else (subprocess.DEVNULL if quiet else None)
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel],
+        [
+            sys.executable,
+            "-m",
+            "client.cli",
+            "worker",
+            worker_id,
+            "--loglevel",
+            loglevel,
+            *(argument for entry in datasets for argument in ("--dataset", entry)),
+        ],
         stdout=stdout,
         stderr=subprocess.STDOUT if log is not None else None,
         env=None if env is None else dict(env),
@@ -147,11 +158,11 @@ def purge_namespace(namespace: str, worker_ids: Sequence[str], settings: Setting
     import pika
     import redis
 
-    from broker.amqp import pika_url
+    from broker.tls import pika_parameters, redis_ssl_kwargs
     from worker import keys
 
     with contextlib.suppress(Exception):
-        connection = pika.BlockingConnection(pika.URLParameters(pika_url(settings.broker_url)))
+        connection = pika.BlockingConnection(pika_parameters(settings))
         channel = connection.channel()
         for worker_id in worker_ids:
             name = topology.worker_queue(worker_id, namespace)
@@ -161,7 +172,9 @@ def purge_namespace(namespace: str, worker_ids: Sequence[str], settings: Setting
         channel.exchange_delete(topology.dead_letter_exchange(namespace))
         connection.close()
     with contextlib.suppress(Exception):
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(
+            settings.redis_url, **redis_ssl_kwargs(settings, settings.redis_url)
+        )
         found = list(client.scan_iter(match=keys.pattern(namespace), count=1000))
         for start in range(0, len(found), 500):
             client.delete(*found[start : start + 500])

@@ -60,6 +60,7 @@ from broker.errors import (
     error_to_wire,
 )
 from broker.settings import Settings
+from broker.tls import redis_ssl_kwargs
 from worker.access import ANONYMOUS
 from worker.datasets import load_dataset, parse_option
 from worker.engine import Delivery, Engine
@@ -109,7 +110,7 @@ class Runtime:
         self.queue = topology.worker_queue(worker_id, settings.namespace)
         self.store = RedisObjectStore(
             worker_id,
-            connect(settings.redis_url),
+            connect(settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url)),
             settings.namespace,
             part_bytes=settings.max_message_bytes,
             batch_ttl=settings.batch_ttl,
@@ -149,7 +150,9 @@ class Runtime:
         self._probe: Any = None
         #: the connection holding the store-down marker queue while the store is down
         self._marker: Any = None
-        self._probe_client = connect_probe(settings.redis_url)
+        self._probe_client = connect_probe(
+            settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url)
+        )
 
     # ------------------------------------------------------------------ one message
     def run(self, body: bytes, arrival: Arrival) -> bytes | None:
@@ -166,17 +169,8 @@ class Runtime:
                 self.wait_for_write()
                 self.store.load()
                 self.stale = False
-            self.reassembler.expire()
             if arrival.chunk is not None:
-                try:
-                    whole = self.reassembler.add(
-                        Chunk.from_wire(arrival.chunk), body, arrival.user_id or ANONYMOUS
-                    )
-                except MalformedMessageError as error:  # a lying chunk header: this part only
-                    self.publisher.dead_letter_envelope(body, str(error), arrival.headers)
-                    if arrival.direct:
-                        return None
-                    raise
+                whole = self._reassemble(body, arrival)
                 if whole is None:
                     return None
                 envelope = whole  # writable: big tensors are decoded without a copy
@@ -219,6 +213,23 @@ class Runtime:
         if arrival.direct:
             return None
         return bytes(codec.encode_inline(protocol.reply_envelope(result.replies)))
+
+    def _reassemble(self, part: bytes, arrival: Arrival) -> memoryview | None:
+        """Add one part of a chunked message; the whole message once its last part is in.
+
+        A part whose chunk header lies is dead-lettered on its own (broker.chunking says
+        which lies are caught); unfinished transfers past their TTL are dropped here.
+        """
+        self.reassembler.expire()
+        try:
+            return self.reassembler.add(
+                Chunk.from_wire(arrival.chunk), part, arrival.user_id or ANONYMOUS
+            )
+        except MalformedMessageError as error:
+            self.publisher.dead_letter_envelope(part, str(error), arrival.headers)
+            if arrival.direct:
+                return None
+            raise
 
     def trusts_forwarder(self, principal: str, sender: str) -> bool:
         """Whether RabbitMQ user ``principal`` is worker ``sender`` (or the shared account)."""

@@ -52,12 +52,14 @@ SECTIONS = (
     Section("in-process", "deploy.bench.inprocess:run"),
     Section("fedavg", "deploy.bench.fedavg:run"),
     Section("plans", "deploy.bench.plans:run"),
-    Section("fleet", "deploy.bench.fleet:run", ("bob", "alice")),
+    Section("fleet", "deploy.bench.fleet:run", ("bob", "alice", "carol")),
     Section("fedavg-fleet", "deploy.bench.fedavg:run_fleet", _DEMO_WORKERS),
     Section("plans-fleet", "deploy.bench.plans:run_fleet", ("bob",)),
     Section("demo-soak", "deploy.bench.demo_soak:run", _DEMO_WORKERS),
 )
 _BY_NAME = {section.name: section for section in SECTIONS}
+#: carol runs with Celery task events off: the fleet section measures what they cost on bob
+WORKER_ENV = {"carol": {"TENSORFLEET_TASK_EVENTS": "0"}}
 
 
 def format_rows(rows: list[Row]) -> str:
@@ -149,7 +151,7 @@ def _run_on_private_fleet(sections: list[Section], quick: bool) -> list[Row]:
 
     ids = list(dict.fromkeys(worker_id for s in sections for worker_id in s.fleet_workers))
     rows: list[Row] = []
-    with private_fleet(ids, sy.TorchHook(torch), _announce) as workers:
+    with private_fleet(ids, sy.TorchHook(torch), _announce, WORKER_ENV) as workers:
         by_id = {worker.id: worker for worker in workers}
         for section in sections:
             click.echo(f"running {section.name} ...", err=True)

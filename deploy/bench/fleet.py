@@ -277,6 +277,25 @@ def _fleet_figures(bob: Any, alice: Any, quick: bool) -> dict[str, float]:
     return figures
 
 
+def _events_off_figures(carol: Any, quick: bool) -> dict[str, float]:
+    """The sync and pipelined figures on a worker started with TENSORFLEET_TASK_EVENTS=0."""
+    a = torch.tensor([1.0, 2, 3, 4, 5]).send(carol)  # type: ignore[attr-defined]
+    b = torch.tensor([1.0, 1, 1, 1, 1]).send(carol)  # type: ignore[attr-defined]
+    sync_us = _median_us(lambda: (a + b).get(), 200 if quick else 1000)
+    ops = 20_000 if quick else 100_000
+
+    def pipelined() -> float:
+        start = time.perf_counter()
+        for _ in range(ops):
+            z = a + b
+        del z
+        carol.synchronize()
+        return ops / (time.perf_counter() - start)
+
+    pipelined()
+    return {"sync_us": sync_us, "ops_per_s": max(pipelined() for _ in range(1 if quick else 3))}
+
+
 def run(quick: bool, workers: Mapping[str, Any]) -> list[Row]:
     """The fleet rows: TensorFleet on bob and alice beside raw pika and plain Celery."""
     from deploy.demo import release
@@ -291,9 +310,10 @@ def run(quick: bool, workers: Mapping[str, Any]) -> list[Row]:
         raw_s = _best(lambda: raw.transfer_s(payload), repeats)
         with celery_noop(url) as noop:
             celery_us = _median_us(noop, 200 if quick else 1000)
-        bob, alice = workers["bob"], workers["alice"]
+        bob, alice, carol = workers["bob"], workers["alice"], workers["carol"]
         fleet = _fleet_figures(bob, alice, quick)
-        release([bob, alice])
+        events_off = _events_off_figures(carol, quick)
+        release([bob, alice, carol])
         # the raw baseline again after the fleet figures: the better of the two windows
         raw_s = min(raw_s, _best(lambda: raw.transfer_s(payload), repeats))
     finally:
@@ -315,6 +335,23 @@ def run(quick: bool, workers: Mapping[str, Any]) -> list[Row]:
             "µs",
             "Celery no-op RT",
             celery_us,
+        ),
+        Row(
+            "task_events_sync_op",
+            "fleet sync op, task events on (bob)",
+            fleet["sync_us"],
+            "µs",
+            "task events off (carol)",
+            events_off["sync_us"],
+        ),
+        Row(
+            "task_events_pipelined",
+            "fleet pipelined ops/s, task events on",
+            fleet["ops_per_s"],
+            "ops/s",
+            "task events off",
+            events_off["ops_per_s"],
+            lower_is_better=False,
         ),
         Row(
             "ping_vs_pika_rpc",
