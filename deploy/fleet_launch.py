@@ -71,6 +71,19 @@ def fleet_workers(
         yield private
 
 
+def running_workers(worker_ids: Sequence[str], hook: Any) -> list[Any]:
+    """``FleetWorker`` handles of the running fleet; WorkerUnavailableError if one is silent.
+
+    For jobs told to use the running fleet (``tensorfleet loadtest --use-running-fleet``):
+    they never start workers, so a worker that does not serve is an error naming it.
+    """
+    workers = _handles(worker_ids, hook)
+    silent = _not_serving(workers, get_settings())
+    if silent:
+        raise WorkerUnavailableError(silent[0], "ping", PROBE_SECONDS)
+    return workers
+
+
 @contextlib.contextmanager
 def private_fleet(
     worker_ids: Sequence[str], hook: Any, announce: Announce = _quiet

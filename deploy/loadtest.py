@@ -1,0 +1,449 @@
+"""``tensorfleet loadtest``: many client processes, a mix of pointer ops, every result checked.
+
+The command starts ``--clients`` processes (:mod:`deploy.loadclient`), each running a
+random mix of pipelined ops, synchronous ops, send + get and moves on ``--workers``
+for ``--duration`` seconds (or until ``--ops`` operations in all), and checks every
+result against the same computation on local torch. It prints, per kind of
+operation, throughput and latency percentiles (HdrHistogram, merged across processes
+from their encoded form), errors by type and wrong results, and what the run left
+behind; ``--json FILE`` writes the same figures.
+
+By default the run gets a private fleet (:func:`deploy.fleet_launch.private_fleet`:
+the workers in a fresh ``TENSORFLEET_NAMESPACE``, stopped and deleted afterwards), as
+``tensorfleet bench --fleet`` does; ``--use-running-fleet`` targets the fleet of the
+current namespace instead, whose workers must be serving. Either way the clients
+delete their objects at the end, and the command then checks that no object, queue
+or Redis key of the run is left (:mod:`deploy.loadcheck`).
+
+Exit status: 0 when every result was right and nothing was left behind; 1 when a
+result was wrong, a client failed, or something of the run was left; 2 for a bad
+option.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import queue
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deploy.loadcheck import (
+    Leftovers,
+    namespace_queues,
+    objects_left,
+    queues_left,
+    redis_left,
+    rss_mib,
+)
+from deploy.loadclient import KINDS, VERIFY, ClientPlan, ClientResult, client_main, new_histogram
+from deploy.options import POSITIVE_INT, OutputFile, PositiveFloat, WorkerIds
+
+DEFAULT_MIX = "pipelined=4,sync=2,sendget=1,move=1"
+#: seconds the clients have to connect and send their operands before the run gives up
+READY_SECONDS = 600.0
+#: seconds between two refreshes of the progress bar
+REFRESH_SECONDS = 0.25
+
+
+class Mix(click.ParamType):
+    """``kind=weight,...``: known kinds, integer weights >= 0, at least one above 0."""
+
+    name = "mix"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        weights: dict[str, int] = {}
+        for part in str(value).split(","):
+            kind, sep, weight = part.strip().partition("=")
+            kind = kind.strip()
+            if not sep:
+                self.fail(f"{part.strip()!r} is not kind=weight (for example {DEFAULT_MIX})")
+            if kind not in KINDS:
+                self.fail(f"unknown kind {kind!r}: choose from {', '.join(KINDS)}", param, ctx)
+            if kind in weights:
+                self.fail(f"{kind} given more than once", param, ctx)
+            try:
+                number = int(weight)
+            except ValueError:
+                number = -1
+            if number < 0:
+                self.fail(f"weight of {kind} must be an integer >= 0, not {weight!r}", param, ctx)
+            weights[kind] = number
+        if not any(weights.values()):
+            self.fail("give at least one kind a weight above 0", param, ctx)
+        return tuple((kind, weight) for kind, weight in weights.items() if weight)
+
+
+@dataclass
+class RunFigures:
+    """The merged figures of every client."""
+
+    clients: int
+    seconds: float = 0.0
+    ops: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_samples: dict[str, str] = field(default_factory=dict)
+    wrong: Counter[str] = field(default_factory=Counter)
+    histograms: dict[str, Any] = field(default_factory=dict)
+    failed_clients: list[str] = field(default_factory=list)
+    created: dict[str, set[int]] = field(default_factory=dict)
+    reply_queues: list[str] = field(default_factory=list)
+    senders: list[str] = field(default_factory=list)
+
+    def add(self, result: ClientResult) -> None:
+        self.seconds = max(self.seconds, result.seconds)
+        self.ops.update(result.ops)
+        self.errors.update(result.errors)
+        for name, sample in result.error_samples.items():
+            self.error_samples.setdefault(name, sample)
+        self.wrong.update(result.wrong)
+        for kind, encoded in result.histograms.items():
+            self.histograms.setdefault(kind, new_histogram()).decode_and_add(encoded)
+        if result.fatal is not None:
+            self.failed_clients.append(f"client {result.index}: {result.fatal}")
+        for worker_id, ids in result.created.items():
+            self.created.setdefault(worker_id, set()).update(ids)
+        if result.reply_queue:
+            self.reply_queues.append(result.reply_queue)
+        if result.sender:
+            self.senders.append(result.sender)
+
+    @property
+    def total_ops(self) -> int:
+        return sum(self.ops.values())
+
+    def latency_ms(self) -> dict[str, dict[str, float]]:
+        table = {}
+        for kind in (*KINDS, VERIFY):
+            histogram = self.histograms.get(kind)
+            if histogram is None or not histogram.get_total_count():
+                continue
+            table[kind] = {
+                "p50": histogram.get_value_at_percentile(50) / 1000,
+                "p90": histogram.get_value_at_percentile(90) / 1000,
+                "p99": histogram.get_value_at_percentile(99) / 1000,
+                "max": histogram.get_max_value() / 1000,
+                "count": histogram.get_total_count(),
+            }
+        return table
+
+
+def _announce(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def run_clients(
+    plans: Sequence[ClientPlan], total: float, unit: str, progress_bar: bool
+) -> RunFigures:
+    """Start a process per plan, start them together, show progress, merge their figures."""
+    from tqdm.auto import tqdm
+
+    context = multiprocessing.get_context("spawn")
+    channel: Any = context.Queue()
+    start = context.Event()
+    progress = context.Array("q", len(plans), lock=False)
+    processes = [
+        context.Process(
+            target=client_main,
+            args=(plan, channel, start, progress),
+            name=f"loadtest-client-{plan.index}",
+            daemon=True,
+        )
+        for plan in plans
+    ]
+    figures = RunFigures(len(plans))
+    done: set[int] = set()
+    try:
+        for process in processes:
+            process.start()
+        _announce(f"{len(plans)} client processes starting (each imports torch, connects) ...")
+        ready: set[int] = set()
+        deadline = time.monotonic() + READY_SECONDS
+        while len(ready | done) < len(plans):
+            _receive(channel, figures, ready, done, processes, deadline - time.monotonic())
+            if time.monotonic() > deadline:
+                raise click.ClickException("the load-test clients did not get ready in time")
+        start.set()
+        began = time.monotonic()
+        with tqdm(total=total, unit=unit, desc="loadtest", disable=not progress_bar) as bar:
+            while len(done) < len(plans):
+                _receive(channel, figures, ready, done, processes, REFRESH_SECONDS)
+                value = time.monotonic() - began if unit == "s" else sum(progress)
+                bar.n = min(value, total)
+                bar.set_postfix(ops=sum(progress), refresh=False)
+                bar.refresh()
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return figures
+
+
+def _receive(
+    channel: Any,
+    figures: RunFigures,
+    ready: set[int],
+    done: set[int],
+    processes: list[Any],
+    timeout: float,
+) -> None:
+    """Take one message from the clients (or notice a client that died without one)."""
+    try:
+        kind, payload = channel.get(timeout=max(timeout, 0.01))
+    except queue.Empty:
+        for index, process in enumerate(processes):
+            if index not in done and process.exitcode is not None and channel.empty():
+                done.add(index)
+                figures.failed_clients.append(
+                    f"client {index}: the process exited with {process.exitcode} without a report"
+                )
+        return
+    if kind == "ready":
+        ready.add(payload)
+    else:
+        done.add(payload.index)
+        figures.add(payload)
+
+
+def report(figures: RunFigures, leftovers: Leftovers, rss: dict[str, Any]) -> str:
+    """The printed report: per kind throughput and latency, errors, wrong results, leftovers."""
+    seconds = figures.seconds or float("nan")
+    latency = figures.latency_ms()
+    header = (
+        f"{'kind':<10} {'ops':>9} {'ops/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'max ms':>9} {'wrong':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for kind in (*KINDS, VERIFY):
+        if kind not in latency:
+            continue
+        count = figures.ops[kind] if kind != VERIFY else int(latency[kind]["count"])
+        row = latency[kind]
+        lines.append(
+            f"{kind:<10} {count:>9,} {count / seconds:>10,.1f} {row['p50']:>9.3f} "
+            f"{row['p90']:>9.3f} {row['p99']:>9.3f} {row['max']:>9.3f} "
+            f"{figures.wrong[kind] if kind != VERIFY else '':>6}"
+        )
+    lines.append(
+        f"{'all':<10} {figures.total_ops:>9,} {figures.total_ops / seconds:>10,.1f}"
+        f"{'':>40} {sum(figures.wrong.values()):>6}"
+    )
+    lines.append(
+        f"{figures.clients} clients, {seconds:.1f} s; verify: batched checks of pipelined results"
+    )
+    if figures.errors:
+        for name, number in figures.errors.most_common():
+            lines.append(f"errors: {number} x {name}: {figures.error_samples.get(name, '')}")
+    else:
+        lines.append("errors: none")
+    lines.append(f"wrong results: {sum(figures.wrong.values())}")
+    for failure in figures.failed_clients:
+        lines.append(f"FAILED {failure.splitlines()[0]}")
+    workers = ", ".join(
+        f"{w} {m:.0f} MiB" if m is not None else f"{w} (not on this machine)"
+        for w, m in rss["workers"].items()
+    )
+    rabbit = rss["rabbitmq"]
+    lines.append(
+        f"RSS after the run: workers {workers}; RabbitMQ "
+        + (f"{rabbit:.0f} MiB" if rabbit is not None else "(not on this machine)")
+    )
+    lines.append(leftovers.describe())
+    return "\n".join(lines)
+
+
+def to_json(
+    figures: RunFigures,
+    leftovers: Leftovers,
+    rss: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    seconds = figures.seconds
+    rate = figures.total_ops / seconds if seconds else 0.0
+    return {
+        "clients": figures.clients,
+        "duration_s": seconds,
+        "ops": figures.total_ops,
+        "ops_per_s": rate,
+        "errors": sum(figures.errors.values()),
+        "errors_by_type": dict(figures.errors),
+        "wrong_results": sum(figures.wrong.values()),
+        "latency_ms": figures.latency_ms(),
+        "ops_by_kind": {kind: figures.ops[kind] for kind in KINDS if figures.ops[kind]},
+        "ops_per_s_by_kind": {
+            kind: figures.ops[kind] / seconds for kind in KINDS if figures.ops[kind] and seconds
+        },
+        "wrong_by_kind": dict(figures.wrong),
+        "failed_clients": figures.failed_clients,
+        "leftovers": leftovers.to_json(),
+        "rss_mib": rss,
+        **settings,
+    }
+
+
+@click.command()
+@click.option("--clients", type=POSITIVE_INT, default=8, show_default=True, help="Processes.")
+@click.option(
+    "--workers",
+    "worker_ids",
+    type=WorkerIds(aggregator=""),
+    default="bob,alice",
+    show_default=True,
+    help="Fleet workers to load, comma-separated.",
+)
+@click.option(
+    "--mix",
+    type=Mix(),
+    default=DEFAULT_MIX,
+    show_default=True,
+    help=f"Relative weights of the operation kinds ({', '.join(KINDS)}).",
+)
+@click.option(
+    "--size", type=POSITIVE_INT, default=100, show_default=True, help="Elements per tensor."
+)
+@click.option(
+    "--duration",
+    type=PositiveFloat(),
+    default=None,
+    help="Seconds to run (default 10, unless --ops is given).",
+)
+@click.option("--ops", type=POSITIVE_INT, default=None, help="Run this many operations in all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the op draws.")
+@click.option(
+    "--json",
+    "json_path",
+    type=OutputFile(),
+    default=None,
+    metavar="FILE",
+    help="Also write the figures to FILE.",
+)
+@click.option(
+    "--use-running-fleet",
+    is_flag=True,
+    help="Load the running fleet of TENSORFLEET_NAMESPACE instead of a private one.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def loadtest(
+    clients: int,
+    worker_ids: tuple[str, ...],
+    mix: tuple[tuple[str, int], ...],
+    size: int,
+    duration: float | None,
+    ops: int | None,
+    seed: int,
+    json_path: Path | None,
+    use_running_fleet: bool,
+    progress: bool,
+) -> None:
+    """Load fleet workers with many clients; check every result; report latency and leaks."""
+    if duration is not None and ops is not None:
+        raise click.UsageError("give --duration or --ops, not both")
+    if ops is not None and ops < clients:
+        raise click.UsageError(f"--ops {ops} is fewer than --clients {clients}")
+    if dict(mix).get("move") and len(worker_ids) < 2:
+        raise click.UsageError("move needs two workers at least: add one to --workers")
+    if duration is None and ops is None:
+        duration = 10.0
+    import torch
+
+    import client as sy
+    from broker.settings import get_settings
+    from deploy.fleet_launch import private_fleet, running_workers
+
+    hook = sy.TorchHook(torch)
+    click.echo(
+        f"machine: {platform.machine()}, {os.cpu_count() or 1} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}; load average before: "
+        + " ".join(f"{load:.2f}" for load in os.getloadavg())
+    )
+    if use_running_fleet:
+        workers = running_workers(worker_ids, hook)
+        _announce(f"using the running fleet (namespace {get_settings().namespace})")
+        figures, leftovers, rss = _run(
+            workers, worker_ids, mix, size, duration, ops, seed, clients, progress, private=False
+        )
+    else:
+        with private_fleet(worker_ids, hook, _announce) as workers:
+            namespace = get_settings().namespace
+            settings = get_settings()
+            figures, leftovers, rss = _run(
+                workers, worker_ids, mix, size, duration, ops, seed, clients, progress, True
+            )
+        # the fleet is gone: nothing of its namespace may be left
+        leftovers.queues += queues_left(
+            namespace_queues(namespace, worker_ids, figures.reply_queues), settings
+        )
+        keys, _ = redis_left(settings, namespace, worker_ids, None)
+        leftovers.redis += keys
+    click.echo(report(figures, leftovers, rss))
+    if json_path is not None:
+        extra = {
+            "workers": list(worker_ids),
+            "mix": dict(mix),
+            "size": size,
+            "fleet": "running" if use_running_fleet else "private",
+            "load_average_after": list(os.getloadavg()),
+        }
+        text = json.dumps(to_json(figures, leftovers, rss, extra), indent=2, allow_nan=False)
+        json_path.write_text(text + "\n", encoding="utf-8")
+        _announce(f"figures written to {json_path}")
+    if sum(figures.wrong.values()) or figures.failed_clients or not leftovers.clean:
+        raise click.exceptions.Exit(1)
+
+
+def _run(
+    workers: list[Any],
+    worker_ids: tuple[str, ...],
+    mix: tuple[tuple[str, int], ...],
+    size: int,
+    duration: float | None,
+    ops: int | None,
+    seed: int,
+    clients: int,
+    progress: bool,
+    private: bool,
+) -> tuple[RunFigures, Leftovers, dict[str, Any]]:
+    """Run the clients on ``workers``; then RSS and what is left, while the fleet still runs."""
+    from broker.settings import get_settings
+
+    settings = get_settings()
+    namespace = settings.namespace
+    shares = [ops // clients + (index < ops % clients) for index in range(clients)] if ops else []
+    plans = [
+        ClientPlan(
+            index=index,
+            namespace=namespace,
+            workers=worker_ids,
+            mix=mix,
+            size=size,
+            duration=duration,
+            ops=shares[index] if ops else None,
+            seed=seed * 1_000_003 + index,
+        )
+        for index in range(clients)
+    ]
+    total, unit = (duration, "s") if duration is not None else (float(ops or 0), "op")
+    figures = run_clients(plans, total, unit, progress)
+    rss = rss_mib(namespace, worker_ids)
+    created = None if private else figures.created
+    leftovers = Leftovers(objects=objects_left(workers, created))
+    leftovers.queues += queues_left(figures.reply_queues, settings)
+    if not private:
+        records, markers = redis_left(
+            settings, namespace, worker_ids, figures.created, figures.senders
+        )
+        leftovers.redis += records
+        leftovers.expiring_markers = markers
+    return figures, leftovers, rss
