@@ -67,7 +67,9 @@ class Mix(click.ParamType):
             kind, sep, weight = part.strip().partition("=")
             kind = kind.strip()
             if not sep:
-                self.fail(f"{part.strip()!r} is not kind=weight (for example {DEFAULT_MIX})")
+                self.fail(
+                    f"{part.strip()!r} is not kind=weight (for example {DEFAULT_MIX})", param, ctx
+                )
             if kind not in KINDS:
                 self.fail(f"unknown kind {kind!r}: choose from {', '.join(KINDS)}", param, ctx)
             if kind in weights:

@@ -1,0 +1,160 @@
+"""``tensorfleet loadtest``: a small bounded run, through the command line, and its options.
+
+The run loads a real fleet with several client processes for a few seconds and checks
+what the command reports (``--json``): every operation kind ran, no error, no wrong
+result, nothing of the run left behind. On a running fleet (``--use-running-fleet``,
+here a fleet of this test module) a bystander's object must survive the run
+untouched; on the default private fleet the whole namespace must be gone afterwards.
+No figure is asserted: the machine is shared, the timings are not the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+import client as sy
+from broker import topology
+from client.cli import main
+from deploy.loadcheck import queues_left, redis_left
+from deploy.loadclient import KINDS
+
+REPO = Path(__file__).resolve().parent.parent
+#: client processes of the run on a running fleet (each imports torch: slow on 2 cores)
+CLIENTS = 6
+SECONDS = 8
+
+
+def loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", "loadtest", "--no-progress", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check_clean_report(figures: dict[str, Any], clients: int) -> None:
+    assert figures["clients"] == clients
+    assert figures["failed_clients"] == []
+    assert figures["errors"] == 0, figures["errors_by_type"]
+    assert figures["wrong_results"] == 0
+    assert figures["ops"] > 0 and figures["ops_per_s"] > 0 and figures["duration_s"] > 0
+    assert set(figures["ops_by_kind"]) == set(KINDS)
+    assert sum(figures["ops_by_kind"].values()) == figures["ops"]
+    for kind in KINDS:
+        latency = figures["latency_ms"][kind]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert figures["leftovers"]["clean"] is True, figures["leftovers"]
+    assert figures["leftovers"]["objects"] == {"bob": 0, "alice": 0}
+
+
+@pytest.fixture(scope="module")
+def two_workers() -> Iterator[Any]:
+    import fleet_fixture
+
+    with fleet_fixture.fleet(("bob", "alice")) as running:
+        yield running
+
+
+def test_a_bounded_run_on_a_running_fleet_is_right_and_leaves_nothing(two_workers, tmp_path):
+    hook = sy.TorchHook(torch)
+    bob = sy.FleetWorker(hook, id="bob")
+    kept = torch.tensor([1.0, 2.0, 3.0]).send(bob)
+    bob.synchronize()
+    figures_path = tmp_path / "figures.json"
+
+    done = loadtest(
+        "--use-running-fleet",
+        "--clients",
+        str(CLIENTS),
+        "--duration",
+        str(SECONDS),
+        "--json",
+        str(figures_path),
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(figures_path.read_text())
+    check_clean_report(figures, CLIENTS)
+    assert figures["fleet"] == "running"
+    assert "nothing left behind" in done.stdout
+    # the bystander's object is where it was, the only one there
+    assert list(bob._objects) == [kept.id_at_location]
+    assert torch.equal(bob._objects[kept.id_at_location], torch.tensor([1.0, 2.0, 3.0]))
+    del kept
+    bob.synchronize()
+
+
+def test_the_default_private_fleet_is_deleted_with_everything_of_the_run(tmp_path):
+    figures_path = tmp_path / "figures.json"
+
+    done = loadtest("--clients", "2", "--ops", "200", "--json", str(figures_path))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(figures_path.read_text())
+    check_clean_report(figures, 2)
+    assert figures["ops"] == 200
+    assert figures["fleet"] == "private"
+    private = re.search(r"in private namespace (tfrun-[\w-]+) for this run", done.stderr)
+    assert private is not None, done.stderr
+    namespace = private.group(1)
+    from broker.settings import get_settings
+
+    settings = get_settings()
+    queues = [topology.worker_queue(w, namespace) for w in ("bob", "alice")]
+    assert queues_left([*queues, topology.dead_letter_queue(namespace)], settings) == []
+    assert redis_left(settings, namespace, ("bob", "alice"), None) == ([], 0)
+
+
+# ------------------------------------------------------------------------ options
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, ["loadtest", *args], prog_name="tensorfleet")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--mix", "pipelined=4,teleport=1"], "unknown kind 'teleport'"),
+        (["--mix", "pipelined"], "is not kind=weight"),
+        (["--mix", "sync=-1"], "must be an integer >= 0"),
+        (["--mix", "sync=x"], "must be an integer >= 0"),
+        (["--mix", "sync=1,sync=2"], "sync given more than once"),
+        (["--mix", "sync=0,move=0"], "at least one kind a weight above 0"),
+        (["--clients", "0"], "'--clients': 0 is not in the range x>=1"),
+        (["--size", "0"], "'--size': 0 is not in the range x>=1"),
+        (["--duration", "0"], "'--duration'"),
+        (["--duration", "nan"], "'--duration'"),
+        (["--ops", "0"], "'--ops': 0 is not in the range x>=1"),
+        (["--workers", "bob,bob"], "bob given more than once"),
+        (["--workers", "bob,"], "has an empty id"),
+        (["--workers", "bob", "--mix", "move=1"], "move needs two workers"),
+        (["--duration", "5", "--ops", "100"], "give --duration or --ops, not both"),
+        (["--ops", "3", "--clients", "4"], "--ops 3 is fewer than --clients 4"),
+    ],
+)
+def test_a_bad_option_is_one_usage_error_line(args, says):
+    result = invoke(*args)
+
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and lines[0].endswith(
+        "See 'tensorfleet loadtest --help'."
+    ), lines[0]
+    assert says in lines[0], lines[0]
+    assert result.stdout == ""
