@@ -10,6 +10,7 @@ No figure is asserted: the machine is shared, the timings are not the point.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -117,6 +118,38 @@ def test_the_default_private_fleet_is_deleted_with_everything_of_the_run(tmp_pat
     queues = [topology.worker_queue(w, namespace) for w in ("bob", "alice")]
     assert queues_left([*queues, topology.dead_letter_queue(namespace)], settings) == []
     assert redis_left(settings, namespace, ("bob", "alice"), None) == ([], 0)
+
+
+# ------------------------------------------------------------------------ Locust
+
+
+def test_the_locust_user_runs_headless_with_requests_and_no_failures(two_workers, tmp_path):
+    prefix = tmp_path / "locust"
+
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "locust", "-f", str(REPO / "deploy" / "locustfile.py")),
+            *("--headless", "-u", "8", "-r", "8", "-t", "8s", "--only-summary"),
+            *("--csv", str(prefix), "--tf-workers", "bob,alice", "--loglevel", "WARNING"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(f"{prefix}_stats.csv", newline="") as stats:
+        rows = {row["Name"]: row for row in csv.DictReader(stats)}
+    assert {"pipelined", "sync", "sendget", "move", "Aggregated"} <= set(rows), rows.keys()
+    for name in ("pipelined", "sync", "sendget", "move", "Aggregated"):
+        assert int(rows[name]["Request Count"]) > 0, rows[name]
+        assert int(rows[name]["Failure Count"]) == 0, rows[name]
+    assert rows["sync"]["Type"] == "tensorfleet"
+    # every user dropped its pointers: the workers hold nothing of the run
+    hook = sy.TorchHook(torch)
+    assert [sy.FleetWorker(hook, id=w).object_count() for w in ("bob", "alice")] == [0, 0]
 
 
 # ------------------------------------------------------------------------ options
