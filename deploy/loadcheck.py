@@ -10,8 +10,8 @@ queues). The workers' batch-replay markers (``<ns>:<worker>:batch:<sender>:<n>``
 of the run's clients are counted apart: the workers keep them on purpose, and they
 expire after ``TENSORFLEET_BATCH_TTL`` seconds.
 
-:func:`rss_mib` finds the worker processes of a namespace and the RabbitMQ node on
-this machine and reads their resident memory (psutil).
+:func:`rss_mib` finds the worker processes of a namespace and the RabbitMQ node (the
+one listening on the broker's port) on this machine and reads their resident memory (psutil).
 """
 
 from __future__ import annotations
@@ -180,12 +180,21 @@ def _worker_id_of(argv: list[str]) -> str | None:
     return None
 
 
-def rss_mib(namespace: str, worker_ids: Sequence[str]) -> dict[str, Any]:
+def _listens_on(process: Any, port: int) -> bool:
+    import psutil
+
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+        for c in process.net_connections(kind="tcp")
+    )
+
+
+def rss_mib(namespace: str, worker_ids: Sequence[str], broker_port: int) -> dict[str, Any]:
     """Resident memory (MiB) of the namespace's worker processes and of RabbitMQ here.
 
     A worker process is one running ``tensorfleet worker <id>`` (or ``python -m
     client.cli worker <id>``) whose ``TENSORFLEET_NAMESPACE`` is ``namespace``; RabbitMQ
-    is the ``beam.smp`` process whose command line names ``rabbit``. None: not found here.
+    is the ``beam.smp`` process listening on ``broker_port``. None: not found here.
     """
     import psutil
 
@@ -194,8 +203,9 @@ def rss_mib(namespace: str, worker_ids: Sequence[str]) -> dict[str, Any]:
     for process in psutil.process_iter(["cmdline", "name"]):
         with contextlib.suppress(psutil.Error):
             argv = process.info["cmdline"] or []
-            if process.info["name"] == "beam.smp" and any("rabbit" in part for part in argv):
-                rabbitmq = (rabbitmq or 0.0) + process.memory_info().rss / MIB
+            if process.info["name"] == "beam.smp":
+                if _listens_on(process, broker_port):
+                    rabbitmq = process.memory_info().rss / MIB
                 continue
             worker_id = _worker_id_of(argv)
             if worker_id not in workers:

@@ -405,6 +405,14 @@ def loadtest(
         raise click.exceptions.Exit(1)
 
 
+def _broker_port(url: str) -> int:
+    """The port of the (first) broker URL: where RabbitMQ listens."""
+    from urllib.parse import urlsplit
+
+    parsed = urlsplit(url.split(";")[0])
+    return parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+
+
 def _run(
     workers: list[Any],
     worker_ids: tuple[str, ...],
@@ -438,7 +446,7 @@ def _run(
     ]
     total, unit = (duration, "s") if duration is not None else (float(ops or 0), "op")
     figures = run_clients(plans, total, unit, progress)
-    rss = rss_mib(namespace, worker_ids)
+    rss = rss_mib(namespace, worker_ids, _broker_port(settings.broker_url))
     created = None if private else figures.created
     leftovers = Leftovers(objects=objects_left(workers, created))
     leftovers.queues += queues_left(figures.reply_queues, settings)
