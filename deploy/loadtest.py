@@ -262,6 +262,14 @@ def report(figures: RunFigures, leftovers: Leftovers, rss: dict[str, Any]) -> st
         f"RSS after the run: workers {workers}; RabbitMQ "
         + (f"{rabbit:.0f} MiB" if rabbit is not None else "(not on this machine)")
     )
+    before = rss.get("before")
+    if before is not None:
+        was = ", ".join(f"{w} {m:.0f}" for w, m in before["workers"].items() if m is not None)
+        rabbit_was = before["rabbitmq"]
+        lines.append(
+            f"RSS before the clients started: workers {was or '-'} MiB; RabbitMQ "
+            + (f"{rabbit_was:.0f} MiB" if rabbit_was is not None else "-")
+        )
     lines.append(leftovers.describe())
     return "\n".join(lines)
 
@@ -445,8 +453,10 @@ def _run(
         for index in range(clients)
     ]
     total, unit = (duration, "s") if duration is not None else (float(ops or 0), "op")
+    port = _broker_port(settings.broker_url)
+    before = rss_mib(namespace, worker_ids, port)
     figures = run_clients(plans, total, unit, progress)
-    rss = rss_mib(namespace, worker_ids, _broker_port(settings.broker_url))
+    rss = {**rss_mib(namespace, worker_ids, port), "before": before}
     created = None if private else figures.created
     leftovers = Leftovers(objects=objects_left(workers, created))
     leftovers.queues += queues_left(figures.reply_queues, settings)
