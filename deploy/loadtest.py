@@ -370,6 +370,7 @@ def loadtest(
 
     import client as sy
     from broker.settings import get_settings
+    from client.fleet import get_fleet_transport, reset_fleet_transport
     from deploy.fleet_launch import private_fleet, running_workers
 
     hook = sy.TorchHook(torch)
@@ -378,23 +379,29 @@ def loadtest(
         f"{platform.python_version()}, torch {torch.__version__}; load average before: "
         + " ".join(f"{load:.2f}" for load in os.getloadavg())
     )
+    settings = get_settings()
     if use_running_fleet:
-        workers = running_workers(worker_ids, hook)
-        _announce(f"using the running fleet (namespace {get_settings().namespace})")
-        figures, leftovers, rss = _run(
-            workers, worker_ids, mix, size, duration, ops, seed, clients, progress, private=False
-        )
+        try:
+            own_queue = get_fleet_transport().reply_address
+            workers = running_workers(worker_ids, hook)
+            _announce(f"using the running fleet (namespace {settings.namespace})")
+            figures, leftovers, rss = _run(
+                workers, worker_ids, mix, size, duration, ops, seed, clients, progress, False
+            )
+        finally:
+            reset_fleet_transport()  # deletes this process's reply queue
+        leftovers.queues += queues_left([own_queue], settings)
     else:
         with private_fleet(worker_ids, hook, _announce) as workers:
             namespace = get_settings().namespace
             settings = get_settings()
+            own_queue = get_fleet_transport().reply_address
             figures, leftovers, rss = _run(
                 workers, worker_ids, mix, size, duration, ops, seed, clients, progress, True
             )
         # the fleet is gone: nothing of its namespace may be left
-        leftovers.queues += queues_left(
-            namespace_queues(namespace, worker_ids, figures.reply_queues), settings
-        )
+        queues = namespace_queues(namespace, worker_ids, [*figures.reply_queues, own_queue])
+        leftovers.queues += queues_left(queues, settings)
         keys, _ = redis_left(settings, namespace, worker_ids, None)
         leftovers.redis += keys
     click.echo(report(figures, leftovers, rss))

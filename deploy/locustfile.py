@@ -29,6 +29,7 @@ Options (besides Locust's): ``--tf-workers`` (comma-separated worker ids, defaul
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from typing import Any
@@ -40,6 +41,8 @@ from locust import User, constant, events, task
 import client as sy
 from client import typed as tf
 from client.fleet import reset_fleet_transport
+
+logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO lines drown Locust's summary
 
 #: pipelined results per worker checked with one round trip
 VERIFY_EVERY = 16

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,26 @@ def test_the_default_private_fleet_is_deleted_with_everything_of_the_run(tmp_pat
     queues = [topology.worker_queue(w, namespace) for w in ("bob", "alice")]
     assert queues_left([*queues, topology.dead_letter_queue(namespace)], settings) == []
     assert redis_left(settings, namespace, ("bob", "alice"), None) == ([], 0)
+
+
+def test_a_running_fleet_that_is_not_there_is_one_error_line_and_nothing_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "client.cli", "loadtest", "--use-running-fleet"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TENSORFLEET_NAMESPACE": f"tfnobody-{uuid.uuid4().hex[:8]}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('Error: Worker "bob" did not answer'), lines
+    assert "tensorfleet worker bob" in lines[0]
 
 
 # ------------------------------------------------------------------------ Locust
