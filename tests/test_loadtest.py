@@ -141,6 +141,39 @@ def test_a_running_fleet_that_is_not_there_is_one_error_line_and_nothing_runs():
     assert "tensorfleet worker bob" in lines[0]
 
 
+@pytest.mark.parametrize("fleet_flag", [[], ["--use-running-fleet"]], ids=["private", "running"])
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"TENSORFLEET_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"},
+            "Error: Cannot talk to the broker at amqp://guest:**@127.0.0.1:1//",
+        ),
+        ({"TENSORFLEET_TIMEOUT": "soon"}, "Error: TENSORFLEET_TIMEOUT='soon' is not valid"),
+    ],
+    ids=["no-broker", "bad-setting"],
+)
+def test_a_broken_environment_is_one_error_line(fleet_flag, env, says, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "client.cli", "loadtest", *fleet_flag, "--clients", "1"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TENSORFLEET_CONNECT_RETRIES": "0",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(says), lines
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------ Locust
 
 
