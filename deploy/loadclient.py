@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import signal
 import time
 import traceback
 from collections import Counter
@@ -212,8 +213,8 @@ class LoadClient:
         micros = max(int((time.perf_counter() - start) * 1e6), LOWEST_US)
         self.histograms[kind].record_value(min(micros, HIGHEST_US))
 
-    def run(self, progress: Any) -> None:
-        """Operations until the deadline or this client's share of ``--ops``."""
+    def run(self, progress: Any, stop: Any) -> None:
+        """Operations until the deadline, this client's share of ``--ops``, or ``stop`` is set."""
         plan = self.plan
         deadline = time.monotonic() + plan.duration if plan.duration is not None else None
         done = 0
@@ -221,6 +222,8 @@ class LoadClient:
         operations = {kind: getattr(self, kind) for kind in KINDS}
         while True:
             if deadline is not None and time.monotonic() >= deadline:
+                break
+            if stop.is_set():  # Ctrl-C in the parent: end after this operation
                 break
             if plan.ops is not None and done >= plan.ops:
                 break
@@ -255,12 +258,15 @@ class LoadClient:
         return result
 
 
-def client_main(plan: ClientPlan, channel: Any, start: Any, progress: Any) -> None:
+def client_main(plan: ClientPlan, channel: Any, start: Any, stop: Any, progress: Any) -> None:
     """The body of a client process: ``ready``, then wait for ``start``, run, report.
 
     ``channel`` is a multiprocessing queue: the client puts ``("ready", index)``, then
-    ``("done", ClientResult)``; ``start`` is the event every client waits on.
+    ``("done", ClientResult)``; ``start`` is the event every client waits on; ``stop``
+    ends the run early. Ctrl-C is the parent's to handle: it sets ``stop``, and each
+    client ends after its current operation and still deletes what it made.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TENSORFLEET_NAMESPACE"] = plan.namespace
     import torch
 
@@ -282,7 +288,7 @@ def client_main(plan: ClientPlan, channel: Any, start: Any, progress: Any) -> No
         load.setup()
         channel.put(("ready", plan.index))
         start.wait()
-        load.run(progress)
+        load.run(progress, stop)
         result = load.finish()
         result.reply_queue = session.transport.reply_address
         result.sender = session.client_id

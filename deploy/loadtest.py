@@ -17,7 +17,10 @@ or Redis key of the run is left (:mod:`deploy.loadcheck`).
 
 Exit status: 0 when every result was right and nothing was left behind; 1 when a
 result was wrong, a client failed, or something of the run was left; 2 for a bad
-option.
+option; 130 after Ctrl-C otherwise. The first Ctrl-C ends the run after each client's
+current operation (the clients ignore SIGINT; the command tells them to stop), then
+the clients delete what they made and the report covers the operations done; a
+second Ctrl-C stops waiting for them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 
 import click
 
+from deploy.interrupt import stop_between_steps
 from deploy.loadcheck import (
     Leftovers,
     namespace_queues,
@@ -98,6 +102,8 @@ class RunFigures:
     wrong: Counter[str] = field(default_factory=Counter)
     histograms: dict[str, Any] = field(default_factory=dict)
     failed_clients: list[str] = field(default_factory=list)
+    #: Ctrl-C ended the run before its duration or operations were done
+    interrupted: bool = False
     created: dict[str, set[int]] = field(default_factory=dict)
     reply_queues: list[str] = field(default_factory=list)
     senders: list[str] = field(default_factory=list)
@@ -153,11 +159,12 @@ def run_clients(
     context = multiprocessing.get_context("spawn")
     channel: Any = context.Queue()
     start = context.Event()
+    stop = context.Event()
     progress = context.Array("q", len(plans), lock=False)
     processes = [
         context.Process(
             target=client_main,
-            args=(plan, channel, start, progress),
+            args=(plan, channel, start, stop, progress),
             name=f"loadtest-client-{plan.index}",
             daemon=True,
         )
@@ -177,14 +184,22 @@ def run_clients(
                 raise click.ClickException("the load-test clients did not get ready in time")
         start.set()
         began = time.monotonic()
-        with tqdm(total=total, unit=unit, desc="loadtest", disable=not progress_bar) as bar:
+        with (
+            stop_between_steps(_announce) as interrupt,
+            tqdm(total=total, unit=unit, desc="loadtest", disable=not progress_bar) as bar,
+        ):
             while len(done) < len(plans):
                 _receive(channel, figures, ready, done, processes, REFRESH_SECONDS)
+                if interrupt.requested and not stop.is_set():
+                    stop.set()  # the clients end after their current operation and clean up
+                    figures.interrupted = True
                 value = time.monotonic() - began if unit == "s" else sum(progress)
                 bar.n = min(value, total)
                 bar.set_postfix(ops=sum(progress), refresh=False)
                 bar.refresh()
     finally:
+        stop.set()  # on an error or a second Ctrl-C: the clients end and clean up now
+        start.set()
         for process in processes:
             process.join(timeout=60)
             if process.is_alive():
@@ -243,7 +258,9 @@ def report(figures: RunFigures, leftovers: Leftovers, rss: dict[str, Any]) -> st
         f"{'':>40} {sum(figures.wrong.values()):>6}"
     )
     lines.append(
-        f"{figures.clients} clients, {seconds:.1f} s; verify: batched checks of pipelined results"
+        f"{figures.clients} clients, {seconds:.1f} s"
+        + (" (stopped by Ctrl-C)" if figures.interrupted else "")
+        + "; verify: batched checks of pipelined results"
     )
     if figures.errors:
         for name, number in figures.errors.most_common():
@@ -297,6 +314,7 @@ def to_json(
         },
         "wrong_by_kind": dict(figures.wrong),
         "failed_clients": figures.failed_clients,
+        "interrupted": figures.interrupted,
         "leftovers": leftovers.to_json(),
         "rss_mib": rss,
         **settings,
@@ -418,6 +436,8 @@ def loadtest(
         _announce(f"figures written to {json_path}")
     if sum(figures.wrong.values()) or figures.failed_clients or not leftovers.clean:
         raise click.exceptions.Exit(1)
+    if figures.interrupted:
+        raise click.exceptions.Exit(130)  # the shell's status for Ctrl-C; the report is out
 
 
 def _broker_port(url: str) -> int:
