@@ -184,6 +184,11 @@ def run_clients(
                 raise click.ClickException("the load-test clients did not get ready in time")
         start.set()
         began = time.monotonic()
+        _announce(
+            f"running: {len(plans)} clients, "
+            + (f"{total:g} s" if unit == "s" else f"{total:g} operations")
+            + " (Ctrl-C stops them after their current operation)"
+        )
         with (
             stop_between_steps(_announce) as interrupt,
             tqdm(total=total, unit=unit, desc="loadtest", disable=not progress_bar) as bar,

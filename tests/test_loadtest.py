@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -98,6 +99,43 @@ def test_a_bounded_run_on_a_running_fleet_is_right_and_leaves_nothing(two_worker
     assert torch.equal(bob._objects[kept.id_at_location], torch.tensor([1.0, 2.0, 3.0]))
     del kept
     bob.synchronize()
+
+
+def test_ctrl_c_stops_the_clients_who_still_clean_up(two_workers, tmp_path):
+    figures_path = tmp_path / "figures.json"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "client.cli", "loadtest", "--no-progress"),
+            *("--use-running-fleet", "--clients", "2", "--duration", "600"),
+            *("--json", str(figures_path)),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # the clients run once this line is out
+            seen.append(line)
+            if line.startswith("running: 2 clients"):
+                break
+        else:
+            raise AssertionError("".join(seen))
+        process.send_signal(signal.SIGINT)  # the command only, as a supervisor would
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    assert process.returncode == 130, stdout + stderr
+    figures = json.loads(figures_path.read_text())
+    assert figures["interrupted"] is True
+    assert figures["duration_s"] < 600
+    check_clean_report(figures, 2)
+    assert "(stopped by Ctrl-C)" in stdout
 
 
 def test_the_default_private_fleet_is_deleted_with_everything_of_the_run(tmp_path):
