@@ -107,7 +107,7 @@ def private_fleet(
         for worker_id in worker_ids:
             with open(log_dir / f"{worker_id}.log", "wb") as log:
                 processes[worker_id] = start_worker_process(
-                    worker_id, log=log, die_with_parent=True
+                    worker_id, log=log, die_with_parent=True, own_session=True
                 )
         try:
             _wait_until_serving(workers, processes, log_dir, announce)
