@@ -30,7 +30,8 @@ import client as sy
 from broker import topology
 from client.cli import main
 from deploy.loadcheck import queues_left, redis_left
-from deploy.loadclient import KINDS
+from deploy.loadclient import KINDS, ClientResult, new_histogram
+from deploy.loadreport import RunFigures
 
 REPO = Path(__file__).resolve().parent.parent
 #: client processes of the run on a running fleet (each imports torch: slow on 2 cores)
@@ -242,6 +243,49 @@ def test_the_locust_user_runs_headless_with_requests_and_no_failures(two_workers
     # every user dropped its pointers: the workers hold nothing of the run
     hook = sy.TorchHook(torch)
     assert [sy.FleetWorker(hook, id=w).object_count() for w in ("bob", "alice")] == [0, 0]
+
+
+# ------------------------------------------------------------------------ merging
+
+
+def test_histograms_merge_across_clients_by_their_encoded_form():
+    results = []
+    for index, latencies_us in enumerate([[1_000] * 90, [100_000] * 10]):
+        histogram = new_histogram()
+        for value in latencies_us:
+            histogram.record_value(value)
+        results.append(
+            ClientResult(
+                index,
+                ops={"sync": len(latencies_us)},
+                histograms={"sync": bytes(histogram.encode())},
+                errors={"WorkerUnavailableError": index},
+                wrong={"sync": index},
+                seconds=10.0 + index,
+            )
+        )
+    figures = RunFigures(2)
+    for result in results:
+        figures.add(result)
+
+    latency = figures.latency_ms()["sync"]
+    assert latency["count"] == 100 and figures.total_ops == 100
+    assert latency["p50"] == pytest.approx(1.0, rel=1e-3)
+    assert latency["p90"] == pytest.approx(1.0, rel=1e-3)
+    assert latency["p99"] == pytest.approx(100.0, rel=1e-3)
+    assert latency["max"] == pytest.approx(100.0, rel=1e-3)
+    assert figures.seconds == 11.0
+    assert dict(figures.errors) == {"WorkerUnavailableError": 1}
+    assert sum(figures.wrong.values()) == 1
+
+
+def test_a_mix_is_parsed_into_its_weights():
+    from deploy.loadtest import Mix
+
+    assert Mix().convert(" pipelined=4, sync=2,move=0 ", None, None) == (
+        ("pipelined", 4),
+        ("sync", 2),
+    )
 
 
 # ------------------------------------------------------------------------ options
