@@ -25,6 +25,7 @@ _COMMANDS = {
     "up": "worker.cli:up",
     "demo": "deploy.demo:demo",
     "bench": "deploy.bench.command:bench",
+    "loadtest": "deploy.loadtest:loadtest",
     "status": "worker.cli_ops:status",
     "dead-letters": "worker.cli_ops:dead_letters",
     "provision": "deploy.provision:provision_command",

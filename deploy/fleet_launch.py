@@ -77,6 +77,19 @@ def serving_workers(worker_ids: Sequence[str], hook: Any) -> list[Any] | None:
     return None if _not_serving(workers, get_settings()) else workers
 
 
+def running_workers(worker_ids: Sequence[str], hook: Any) -> list[Any]:
+    """``FleetWorker`` handles of the running fleet; WorkerUnavailableError if one is silent.
+
+    For jobs told to use the running fleet (``tensorfleet loadtest --use-running-fleet``):
+    they never start workers, so a worker that does not serve is an error naming it.
+    """
+    workers = _handles(worker_ids, hook)
+    silent = _not_serving(workers, get_settings())
+    if silent:
+        raise WorkerUnavailableError(silent[0], "ping", PROBE_SECONDS)
+    return workers
+
+
 @contextlib.contextmanager
 def private_fleet(
     worker_ids: Sequence[str],
@@ -115,6 +128,7 @@ def private_fleet(
                     log=log,
                     die_with_parent=True,
                     datasets=(datasets or {}).get(worker_id, ()),
+                    own_session=True,
                 )
         try:
             _wait_until_serving(workers, processes, log_dir, announce)

@@ -106,6 +106,7 @@ def start_worker_process(
     quiet: bool = True,
     die_with_parent: bool = False,
     datasets: Sequence[str] = (),
+    own_session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``tensorfleet worker <id>`` as a child process: the one launcher of worker processes.
 
@@ -113,7 +114,10 @@ def start_worker_process(
     workers here. ``log`` receives the worker's stdout and stderr (default: stdout is
     dropped when ``quiet``, stderr is inherited); ``die_with_parent`` makes Linux stop the
     worker if this process dies first (tests and temporary fleets). ``datasets`` are
-    ``NAME=PATH`` entries the worker hosts (``--dataset``).
+    ``NAME=PATH`` entries the worker hosts (``--dataset``); ``own_session`` starts
+    it in a session of its own, so the terminal's Ctrl-C reaches only the job that started
+    it, which stops it when it is done (a job's private fleet keeps serving the job's
+    clean-up after the first Ctrl-C).
     """
     stdout: Any = log if log is not None else (subprocess.DEVNULL if quiet else None)
     return subprocess.Popen(
@@ -132,6 +136,7 @@ def start_worker_process(
         env=None if env is None else dict(env),
         cwd=cwd,
         preexec_fn=_die_with_parent if die_with_parent else None,
+        start_new_session=own_session,
     )
 
 
