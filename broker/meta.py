@@ -126,12 +126,18 @@ class ShapeCache:
         return self._cache.get(key)
 
 
+_CPU = torch.device("cpu")
+_META = torch.device("meta")
+
+
 def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
     meta = meta_of(value)
     if meta is not None:
         shape, dtype, requires_grad = meta
         tensor = torch.empty(shape, dtype=dtype, device="meta")
         return tensor.requires_grad_(True) if requires_grad else tensor
+    if type(value) is torch.device and value == _CPU:  # x.to(x.device): stay on meta
+        return _META
     if isinstance(value, list | tuple) and not isinstance(value, torch.Size):
         return type(value)(_to_meta(item, meta_of) for item in value)
     if isinstance(value, dict):

@@ -17,7 +17,10 @@ from broker.errors import (
     TensorsNotCollocatedException,
     WorkerUnavailableError,
 )
-from client import federated  # federated learning: FederatedDataset/Loader, Optims, FedAvg
+from client import (
+    exceptions,  # every error, as sy.exceptions (PySyft's syft.exceptions)
+    federated,  # federated learning: FederatedDataset/Loader, Optims, FedAvg
+)
 from client.federated import FederatedDataLoader, FederatedDataset
 from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor
@@ -47,6 +50,7 @@ __all__ = [
     "TorchHook",
     "VirtualWorker",
     "WorkerUnavailableError",
+    "exceptions",
     "federated",
     "func2plan",
     "local_worker",

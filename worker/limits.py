@@ -9,7 +9,8 @@ microsecond) and checked against two settings:
 * ``TENSORFLEET_MAX_OBJECT_BYTES``: the bytes of the op's results;
 * ``TENSORFLEET_MAX_OP_WORK``: its work, counted as the elements it reads and
   writes, and for contractions (matmul, linear, conv, einsum...) the multiply-adds
-  (the output's elements times the contracted size).
+  (the output's elements times the contracted size; for the recurrent kernels,
+  the input's rows times the weights' elements).
 
 An op whose results meta tensors cannot describe because they depend on the data
 (``F.one_hot`` without ``num_classes``) is refused unless its results are bounded
@@ -51,6 +52,7 @@ _CONTRACTIONS: dict[str, str] = {
             "Tensor.__rmatmul__",
             "torch.outer",
             "Tensor.outer",
+            "torch.linalg.matmul",
         )
     },
     **{name: "last_dim_of_second" for name in ("torch.addmm", "Tensor.addmm")},
@@ -72,6 +74,9 @@ _CONTRACTIONS: dict[str, str] = {
         for name in ("torch.einsum", "torch.tensordot", "torch.cdist", "torch.trace")
     },
 }
+
+#: recurrent kernels: every weight is applied once per step and batch row of the input
+_RECURRENT = frozenset({"torch.lstm", "torch.gru", "torch.rnn_tanh", "torch.rnn_relu"})
 
 
 def _meta_of(value: Any) -> Meta | None:
@@ -133,6 +138,9 @@ class OpLimits:
         contraction = _CONTRACTIONS.get(name)
         if contraction is not None:
             work += output_elements * _contracted_size(contraction, args, inputs)
+        elif name in _RECURRENT and inputs and inputs[0].dim():
+            rows = inputs[0].numel() // max(inputs[0].shape[-1], 1)
+            work += rows * sum(tensor.numel() for tensor in inputs[1:])
         self._check_work(name, work)
         return output_bytes
 
