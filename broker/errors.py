@@ -266,6 +266,20 @@ class GetNotPermittedError(TensorFleetError):
         )
 
 
+class NotSupportedError(TensorFleetError, AttributeError, NotImplementedError):
+    """A PySyft 0.2 name, method or option that TensorFleet does not provide.
+
+    Also an AttributeError, so ``hasattr(sy, name)`` stays False for such a name, and a
+    NotImplementedError, what PySyft raised for features it lacked.
+    """
+
+    def __init__(self, feature: str, alternative: str) -> None:
+        super().__init__(
+            f"{feature} is part of PySyft 0.2, but TensorFleet does not support it; nothing "
+            f"was done. {alternative}"
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -299,6 +313,7 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         QuotaExceededError,
         PermissionDeniedError,
         GetNotPermittedError,
+        NotSupportedError,
         RemoteExecutionError,
     )
 }

@@ -11,6 +11,7 @@ from broker.errors import (
     ForbiddenOperationError,
     GetRequiredError,
     InvalidTensorForRemoteGet,
+    NotSupportedError,
     ObjectNotFoundError,
     PlanNotBuiltError,
     TensorFleetError,
@@ -26,7 +27,14 @@ from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor
 from client.plan import Plan, func2plan
 from client.pointer import PointerTensor
+from client.unsupported import missing_name
 from client.workers import BaseWorker, FleetWorker, VirtualWorker
+
+
+def __getattr__(name: str) -> Any:
+    """``sy.<a PySyft 0.2 name TensorFleet lacks>``: NotSupportedError saying what instead."""
+    return missing_name(name)
+
 
 #: the hook's local worker ("me"); set by ``TorchHook(torch)``
 local_worker: Any = None
@@ -41,6 +49,7 @@ __all__ = [
     "GetRequiredError",
     "InvalidTensorForRemoteGet",
     "MultiPointerTensor",
+    "NotSupportedError",
     "ObjectNotFoundError",
     "Plan",
     "PlanNotBuiltError",

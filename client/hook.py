@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from client import pointer as pointer_module
+from client import unsupported
+from client.unsupported import HOOK_OPTIONS, check_options
 from client.workers import VirtualWorker, local_worker
 
 _installed = False
@@ -21,7 +23,9 @@ _installed = False
 
 def _tensor_send(self: torch.Tensor, *locations: Any, **options: Any) -> Any:
     """``x.send(bob)``: bob keeps a copy; returns a pointer. ``x.send(bob, alice)``: one each."""
-    from client.remote import send_tensor
+    from client.remote import SEND_OPTIONS, send_tensor
+
+    check_options("x.send", options, SEND_OPTIONS)
 
     return send_tensor(self, locations)
 
@@ -33,6 +37,7 @@ def _install() -> None:
     from client import module as module_methods
 
     torch.Tensor.send = _tensor_send  # type: ignore[attr-defined]
+    unsupported.install(torch.Tensor, torch.nn.Module)  # PySyft's methods we lack: clear errors
     for name in ("send", "get", "copy", "move"):
         setattr(torch.nn.Module, name, getattr(module_methods, f"module_{name}"))
     try:
@@ -53,9 +58,14 @@ class TorchHook:
         local_worker_: VirtualWorker | None = None,
         is_client: bool = True,
         verbose: bool = False,
+        **options: Any,
     ) -> None:
         if torch_module is not torch:
             raise TypeError("TorchHook hooks the torch module: sy.TorchHook(torch)")
+        if local_worker_ is None:  # PySyft's name for it
+            local_worker_ = options.pop("local_worker", None)
+        check_options("sy.TorchHook", {"is_client": is_client, "verbose": verbose}, HOOK_OPTIONS)
+        check_options("sy.TorchHook", options, HOOK_OPTIONS)
         _install()
         self.torch = torch_module
         self.local_worker = local_worker_ if local_worker_ is not None else local_worker()

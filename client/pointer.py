@@ -516,14 +516,20 @@ class PointerTensor(torch.Tensor):
     # -- moving data -----------------------------------------------------------------------
     def send(self, *locations: Any, **options: Any) -> Any:
         """Send this *pointer* onward: the new worker keeps a pointer to the data (p2p)."""
-        from client.remote import send_pointer
+        from client.remote import SEND_OPTIONS, send_pointer
+        from client.unsupported import check_options
 
+        check_options("ptr.send", options, SEND_OPTIONS)
         return send_pointer(self, locations)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         """Bring the object here; the worker forgets it (a pointer-to-pointer gives a pointer)."""
-        from client.remote import get_pointer
+        from client.remote import GET_OPTIONS, get_pointer
+        from client.unsupported import check_options
 
+        if args:
+            raise TypeError(f"ptr.get() takes no positional arguments, not {args!r}")
+        check_options("ptr.get", kwargs, GET_OPTIONS)
         return get_pointer(self)
 
     def move(self, destination: Any) -> Any:

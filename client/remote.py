@@ -18,6 +18,29 @@ from broker.meta import Meta
 from broker.protocol import PointerRecord
 from client.pointer import PointerTensor, make_pointer, new_id
 
+#: PySyft's ``send`` options -> (default, what to do instead); the defaults are what we do
+SEND_OPTIONS: dict[str, tuple[Any, str]] = {
+    "inplace": (False, "Use x.send_(worker), which turns x itself into the pointer."),
+    "garbage_collect_data": (
+        True,
+        "Set it on the pointer after sending: ptr = x.send(bob); ptr.gc = False.",
+    ),
+    "create_pointer": (True, "A send always returns a pointer: drop it if unused."),
+    "no_wrap": (False, "Pointers are tensors already (ptr.child holds the pointer's state)."),
+    "requires_grad": (False, "requires_grad travels with the tensor: set it before sending."),
+    "local_autograd": (False, "Autograd runs where the data is: call .backward() there."),
+    "preinitialize_grad": (False, "model.send(worker) gives trainable parameters zero grads."),
+    "user": (None, "Clients are RabbitMQ users: the fleet knows who sent a command."),
+}
+
+#: PySyft's ``get`` options -> (default, what to do instead)
+GET_OPTIONS: dict[str, tuple[Any, str]] = {
+    "inplace": (False, "Use ptr.get_(), which turns the pointer itself back into the tensor."),
+    "deregister_ptr": (True, "A get always ends the pointer: the data is here now."),
+    "user": SEND_OPTIONS["user"],
+    "reason": ("", "Requests carry no reason: a worker's operator decides what may be fetched."),
+}
+
 
 def local_meta(tensor: torch.Tensor) -> Meta:
     """What a pointer to a copy of ``tensor`` knows about it."""

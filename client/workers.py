@@ -15,6 +15,10 @@ from broker import protocol
 from broker.errors import TensorFleetError
 from broker.protocol import PointerRecord
 from client.session import Session
+from client.unsupported import WORKER_OPTIONS, check_options
+
+#: worker options TensorFleet reads itself (the rest of PySyft's are checked by check_options)
+_OWN_OPTIONS = frozenset({"is_client_worker", "data"})
 
 
 class StoredPointer:
@@ -61,6 +65,11 @@ class BaseWorker:
         return super().__new__(cls)
 
     def __init__(self, hook: Any = None, id: str = "", **options: Any) -> None:
+        check_options(
+            f"sy.{type(self).__name__}",
+            {name: value for name, value in options.items() if name not in _OWN_OPTIONS},
+            WORKER_OPTIONS,
+        )
         if getattr(self, "session", None) is not None:
             return  # the same worker, created again by id
         if not isinstance(id, str) or not id:
