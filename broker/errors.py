@@ -266,6 +266,20 @@ class GetNotPermittedError(TensorFleetError):
         )
 
 
+class WorkerNotFoundException(TensorFleetError, KeyError):
+    """``worker.get_worker(id)`` named a worker this client has not made or added."""
+
+    def __init__(self, worker: str, destination: str) -> None:
+        super().__init__(
+            f'Worker "{worker}" does not know a worker "{destination}". Make it first with '
+            f'sy.VirtualWorker(hook, id="{destination}") (or sy.FleetWorker for a worker of '
+            f"a running fleet), or {worker}.add_workers([...]) it, then look it up again."
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message; show it as written.
+        return str(self.args[0]) if self.args else ""
+
+
 class NotSupportedError(TensorFleetError, AttributeError, NotImplementedError):
     """A PySyft 0.2 name, method or option that TensorFleet does not provide.
 
@@ -313,6 +327,7 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         QuotaExceededError,
         PermissionDeniedError,
         GetNotPermittedError,
+        WorkerNotFoundException,
         NotSupportedError,
         RemoteExecutionError,
     )

@@ -16,6 +16,7 @@ from broker.errors import (
     PlanNotBuiltError,
     TensorFleetError,
     TensorsNotCollocatedException,
+    WorkerNotFoundException,
     WorkerUnavailableError,
 )
 from client import (
@@ -24,7 +25,7 @@ from client import (
 )
 from client.federated import FederatedDataLoader, FederatedDataset
 from client.hook import TorchHook
-from client.multipointer import MultiPointerTensor
+from client.multipointer import MultiPointerTensor, combine_pointers
 from client.plan import Plan, func2plan
 from client.pointer import PointerTensor
 from client.unsupported import missing_name
@@ -58,7 +59,9 @@ __all__ = [
     "TensorsNotCollocatedException",
     "TorchHook",
     "VirtualWorker",
+    "WorkerNotFoundException",
     "WorkerUnavailableError",
+    "combine_pointers",
     "exceptions",
     "federated",
     "func2plan",

@@ -24,6 +24,7 @@ from broker.errors import (
     UnboundedOperationError,
     UnknownCommandError,
     UnknownWorkerError,
+    WorkerNotFoundException,
     WorkerUnavailableError,
 )
 
@@ -51,5 +52,6 @@ __all__ = [
     "UnboundedOperationError",
     "UnknownCommandError",
     "UnknownWorkerError",
+    "WorkerNotFoundException",
     "WorkerUnavailableError",
 ]

@@ -2,8 +2,9 @@
 
 PySyft 0.2 monkeypatched every torch function. TensorFleet intercepts through
 ``__torch_function__`` on its pointer type instead, and attaches only this
-short, listed set: ``Tensor.send``, the ``nn.Module`` methods ``send``/``get``/
-``copy``/``move``, and ``Dataset.federate``. Hooking twice changes nothing.
+short, listed set: ``Tensor.send``/``send_``/``copy``, the ``nn.Module`` methods
+``send``/``get``/``copy``/``move``, ``Dataset.federate``, and stubs for PySyft's
+methods TensorFleet lacks (:mod:`client.unsupported`). Hooking twice changes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def _tensor_send(self: torch.Tensor, *locations: Any, **options: Any) -> Any:
     return send_tensor(self, locations)
 
 
+def _tensor_send_(self: torch.Tensor, *locations: Any, **options: Any) -> Any:
+    """``x.send_(bob)``: x itself becomes the pointer (same Python object); returns x."""
+    from client.remote import send_in_place
+
+    check_options("x.send_", options, {})
+    return send_in_place(self, locations)
+
+
+def _tensor_copy(self: torch.Tensor) -> torch.Tensor:
+    """``x.copy()``: a copy of a local tensor (a pointer's ``copy()`` copies on its worker)."""
+    return self.clone()
+
+
 def _install() -> None:
     global _installed
     if _installed:
@@ -37,6 +51,8 @@ def _install() -> None:
     from client import module as module_methods
 
     torch.Tensor.send = _tensor_send  # type: ignore[attr-defined]
+    torch.Tensor.send_ = _tensor_send_  # type: ignore[attr-defined]
+    torch.Tensor.copy = _tensor_copy  # type: ignore[attr-defined]
     unsupported.install(torch.Tensor, torch.nn.Module)  # PySyft's methods we lack: clear errors
     for name in ("send", "get", "copy", "move"):
         setattr(torch.nn.Module, name, getattr(module_methods, f"module_{name}"))

@@ -532,6 +532,24 @@ class PointerTensor(torch.Tensor):
         check_options("ptr.get", kwargs, GET_OPTIONS)
         return get_pointer(self)
 
+    def get_(self) -> Any:
+        """Bring the data back into this very object (it is a local tensor again); returns it."""
+        from client.remote import get_in_place
+
+        return get_in_place(self)
+
+    def send_(self, *locations: Any) -> Any:
+        """Send this pointer onward, in place: this object becomes the new pointer."""
+        from client.remote import send_in_place
+
+        return send_in_place(self, locations)
+
+    def remote_send(self, destination: Any) -> Any:
+        """The data goes from its worker to ``destination``; this becomes a pointer chain."""
+        from client.remote import remote_send_pointer
+
+        return remote_send_pointer(self, destination)
+
     def move(self, destination: Any) -> Any:
         """Send the data straight from its worker to ``destination`` (same id); returns self."""
         from client.remote import move_pointer

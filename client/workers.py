@@ -12,7 +12,7 @@ import threading
 from typing import Any, ClassVar
 
 from broker import protocol
-from broker.errors import TensorFleetError
+from broker.errors import TensorFleetError, WorkerNotFoundException
 from broker.protocol import PointerRecord
 from client.session import Session
 from client.unsupported import WORKER_OPTIONS, check_options
@@ -101,6 +101,42 @@ class BaseWorker:
 
     def _request(self, command: list[Any], label: str) -> Any:
         return self.session.request(self.id, command, label)
+
+    # -- PySyft's worker registry (every worker of a session already knows every other) --
+    def add_worker(self, worker: BaseWorker) -> BaseWorker:
+        """Make ``worker`` known to this one (for PySyft code: it already is); returns self."""
+        return self.add_workers([worker])
+
+    def add_workers(self, workers: Any) -> BaseWorker:
+        """Make each of ``workers`` known to this one; returns self."""
+        for worker in workers:
+            if not isinstance(worker, BaseWorker):
+                raise TypeError(
+                    f"add_workers() takes workers (sy.VirtualWorker, sy.FleetWorker), not "
+                    f"{type(worker).__name__}: bob.add_workers([alice, secure_worker])"
+                )
+            if worker.session is not self.session:  # another kind: not found by session
+                self.__dict__.setdefault("_added_workers", {})[worker.id] = worker
+        return self
+
+    def get_worker(self, id_or_worker: Any, fail_hard: bool = True) -> BaseWorker:
+        """The worker of that id (or the worker itself); WorkerNotFoundException if unknown.
+
+        PySyft returned the id string for an unknown id unless ``fail_hard``, which failed
+        later with "'str' object has no attribute ..."; TensorFleet always raises here.
+        """
+        if isinstance(id_or_worker, BaseWorker):
+            return id_or_worker
+        worker_id = str(id_or_worker)
+        found = self.session.workers.get(worker_id)
+        if found is None:
+            found = self.__dict__.get("_added_workers", {}).get(worker_id)
+        for session in (_in_process_session, _fleet_session):  # as PySyft's auto_add did
+            if found is None and session is not None:
+                found = session.workers.get(worker_id)
+        if found is None:
+            raise WorkerNotFoundException(self.id, worker_id)
+        return found
 
     # -- what users call ---------------------------------------------------------------------
     @property
