@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from broker.ops import FACTORIES
+
 #: (shape, dtype, requires_grad) of one tensor
 Meta = tuple[tuple[int, ...], torch.dtype, bool]
 
@@ -126,6 +128,9 @@ class ShapeCache:
         return self._cache.get(key)
 
 
+#: torch functions that make a tensor from sizes alone (:data:`broker.ops.FACTORIES`)
+FACTORY_FUNCTIONS = frozenset(getattr(torch, name) for name in FACTORIES)
+
 _CPU = torch.device("cpu")
 _META = torch.device("meta")
 
@@ -170,6 +175,8 @@ def _call_on_meta(
     """``func`` called with every tensor argument replaced by a meta tensor of its Meta."""
     meta_args = _to_meta(args, meta_of)
     meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
+    if func in FACTORY_FUNCTIONS:  # no tensor argument: make it on meta, never allocate here
+        meta_kwargs = {**meta_kwargs, "device": _META}
     with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
         return func(*meta_args, **meta_kwargs)
 

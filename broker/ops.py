@@ -311,6 +311,20 @@ TORCH_FUNCTIONS: tuple[str, ...] = (
     "rnn_relu",
 )
 
+#: tensor factories a client may run on a worker (``bob.remote.torch.zeros(2, 3)``); their
+#: size is inferred on the meta device (:func:`broker.meta.is_factory`) before they run
+FACTORIES: tuple[str, ...] = (
+    "zeros",
+    "ones",
+    "full",
+    "eye",
+    "arange",
+    "linspace",
+    "rand",
+    "randn",
+    "randint",
+)
+
 #: ``torch.linalg`` functions: only those whose work the per-op limits bound well (no
 #: factorizations, whose cost is far above the elements they read and write)
 LINALG: tuple[str, ...] = (
@@ -380,6 +394,8 @@ def _named_callables() -> dict[str, Callable[..., Any]]:
         function = getattr(torch, name, None)
         if function is not None:
             table[f"torch.{name}"] = function
+    for name in FACTORIES:
+        table[f"torch.{name}"] = getattr(torch, name)
     for name in LINALG:
         function = getattr(torch.linalg, name, None)
         if function is not None:

@@ -70,6 +70,8 @@ class BaseWorker:
             {name: value for name, value in options.items() if name not in _OWN_OPTIONS},
             WORKER_OPTIONS,
         )
+        if isinstance(id, str) and id:
+            _latest_made[id] = self
         if getattr(self, "session", None) is not None:
             return  # the same worker, created again by id
         if not isinstance(id, str) or not id:
@@ -102,6 +104,13 @@ class BaseWorker:
     def _request(self, command: list[Any], label: str) -> Any:
         return self.session.request(self.id, command, label)
 
+    @property
+    def remote(self) -> Any:
+        """``bob.remote.torch.zeros(2, 3)``: a tensor made on this worker; returns its pointer."""
+        from client.factories import Remote
+
+        return Remote(self)
+
     # -- PySyft's worker registry (every worker of a session already knows every other) --
     def add_worker(self, worker: BaseWorker) -> BaseWorker:
         """Make ``worker`` known to this one (for PySyft code: it already is); returns self."""
@@ -128,12 +137,12 @@ class BaseWorker:
         if isinstance(id_or_worker, BaseWorker):
             return id_or_worker
         worker_id = str(id_or_worker)
-        found = self.session.workers.get(worker_id)
+        found = self.__dict__.get("_added_workers", {}).get(worker_id)
+        if found is None and self.is_client_worker:
+            # "me" knows every worker made, the latest of each id (PySyft's auto_add)
+            found = _latest_made.get(worker_id)
         if found is None:
-            found = self.__dict__.get("_added_workers", {}).get(worker_id)
-        for session in (_in_process_session, _fleet_session):  # as PySyft's auto_add did
-            if found is None and session is not None:
-                found = session.workers.get(worker_id)
+            found = self.session.workers.get(worker_id)
         if found is None:
             raise WorkerNotFoundException(self.id, worker_id)
         return found
@@ -174,6 +183,8 @@ class BaseWorker:
     __str__ = __repr__
 
 
+#: worker id -> the worker last made (or named again) with it, of either kind
+_latest_made: dict[str, BaseWorker] = {}
 _in_process_session: Session | None = None
 _fleet_session: Session | None = None
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import client as sy
+from broker.errors import OperationTooLargeError
 from client.federated import utils
 
 # ---------------------------------------------------------------- worker registry
@@ -202,3 +203,45 @@ def test_extract_batches_per_worker(bob: Any, alice: Any) -> None:
     assert [len(batches[bob]), len(batches[alice])] == [2, 1]
     assert all(data.location is bob for data, _ in batches[bob])
     assert torch.equal(batches[alice][0][1].get(), torch.tensor([3, 4]))
+
+
+# ---------------------------------------------------------------- remote tensor factories
+
+
+def test_remote_factories_make_tensors_on_the_worker(bob: Any) -> None:
+    zeros = bob.remote.torch.zeros(2, 3)
+    ones = bob.remote.torch.ones((2, 3), dtype=torch.float64)
+    full = bob.remote.torch.full(torch.Size([2]), 7)
+    steps = bob.remote.torch.arange(5)
+    noise = bob.remote.torch.randn(4, requires_grad=True)
+
+    assert zeros.location is bob
+    assert zeros.shape == (2, 3)
+    assert ones.dtype == torch.float64
+    assert noise.requires_grad
+    assert len(bob._objects) == 5
+    assert torch.equal((zeros + 1).get(), torch.ones(2, 3))
+    assert torch.equal(ones.get(), torch.ones(2, 3, dtype=torch.float64))
+    assert torch.equal(full.get(), torch.tensor([7, 7]))
+    assert torch.equal(steps.get(), torch.arange(5))
+    assert noise.get().shape == (4,)
+
+
+def test_remote_factories_refuse_what_they_cannot_do(bob: Any) -> None:
+    with pytest.raises(AttributeError, match="only the tensor factories"):
+        bob.remote.torch.tensor([1, 2])
+    with pytest.raises(TypeError, match="device"):
+        bob.remote.torch.zeros(2, device="cpu")
+    with pytest.raises(TypeError, match="not tensors"):
+        bob.remote.torch.zeros(torch.ones(2))
+    with pytest.raises(TypeError, match="zeros"):
+        bob.remote.torch.zeros("a")
+    assert bob._objects == {}
+
+
+def test_remote_factories_are_bounded_by_the_worker_limits(bob: Any) -> None:
+    huge = bob.remote.torch.zeros(10**6, 10**6)  # 4 TB: refused before anything is made
+
+    with pytest.raises(OperationTooLargeError, match=r"torch\.zeros"):
+        huge.get()
+    assert bob._objects == {}
