@@ -247,7 +247,7 @@ def test_a_refused_op_is_reported_once_and_the_worker_goes_on(bob: Any) -> None:
 
 
 def test_limits_apply_to_recurrent_kernels() -> None:
-    limits = OpLimits("bob", max_result_bytes=1 << 30, max_work=100_000)
+    limits = OpLimits("bob", max_result_bytes=1 << 30, max_work=200_000)
     model = nn.LSTM(16, 32)
     weights = list(model._flat_weights)
     state = (torch.zeros(1, 8, 32), torch.zeros(1, 8, 32))
