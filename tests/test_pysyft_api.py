@@ -245,3 +245,15 @@ def test_remote_factories_are_bounded_by_the_worker_limits(bob: Any) -> None:
     with pytest.raises(OperationTooLargeError, match=r"torch\.zeros"):
         huge.get()
     assert bob._objects == {}
+
+
+def test_a_worker_refuses_factories_made_elsewhere_than_in_memory(bob: Any) -> None:
+    from broker import protocol
+    from client.pointer import new_id
+
+    for key, value in (("device", "meta"), ("pin_memory", True)):
+        result_id = new_id()  # what a client that is not TensorFleet's could send
+        bob._enqueue((protocol.OP, "torch.zeros", (3,), {key: value}, (result_id,), False, None))
+        with pytest.raises(sy.ForbiddenOperationError, match=f"{key}="):
+            bob.synchronize()
+    assert bob._objects == {}

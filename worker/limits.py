@@ -26,8 +26,12 @@ from typing import Any
 
 import torch
 
-from broker.errors import OperationTooLargeError, UnboundedOperationError
-from broker.meta import Meta, ShapeCache, is_data_dependent, meta_failure
+from broker.errors import (
+    ForbiddenOperationError,
+    OperationTooLargeError,
+    UnboundedOperationError,
+)
+from broker.meta import FACTORY_FUNCTIONS, Meta, ShapeCache, is_data_dependent, meta_failure
 from broker.tree import leaves
 
 #: ops whose data-dependent results are never bigger than their inputs times their rank
@@ -75,6 +79,9 @@ _CONTRACTIONS: dict[str, str] = {
     },
 }
 
+#: options a tensor factory (torch.zeros...) may not take: the tensor is made in memory
+_FACTORY_REFUSED = ("device", "out", "layout", "pin_memory", "generator")
+
 #: recurrent kernels: every weight is applied once per step and batch row of the input
 _RECURRENT = frozenset({"torch.lstm", "torch.gru", "torch.rnn_tanh", "torch.rnn_relu"})
 
@@ -110,6 +117,10 @@ class OpLimits:
         grad: bool,
     ) -> int:
         """Raise if ``func(*args, **kwargs)`` would exceed a limit; else its result bytes."""
+        if func in FACTORY_FUNCTIONS and kwargs:
+            for key in _FACTORY_REFUSED:
+                if key in kwargs:  # a tensor elsewhere than in memory, or written in place
+                    raise ForbiddenOperationError(f"{name}(..., {key}=...)", self.worker_id)
         inputs = list(_tensors(args))
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
