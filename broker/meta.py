@@ -141,8 +141,8 @@ def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
         shape, dtype, requires_grad = meta
         tensor = torch.empty(shape, dtype=dtype, device="meta")
         return tensor.requires_grad_(True) if requires_grad else tensor
-    if type(value) is torch.device and value == _CPU:  # x.to(x.device): stay on meta
-        return _META
+    if (type(value) is torch.device and value == _CPU) or (type(value) is str and value == "cpu"):
+        return _META  # x.to(x.device), x.to("cpu"): stay on meta
     if isinstance(value, list | tuple) and not isinstance(value, torch.Size):
         return type(value)(_to_meta(item, meta_of) for item in value)
     if isinstance(value, dict):

@@ -257,3 +257,18 @@ def test_a_worker_refuses_factories_made_elsewhere_than_in_memory(bob: Any) -> N
         with pytest.raises(sy.ForbiddenOperationError, match=f"{key}="):
             bob.synchronize()
     assert bob._objects == {}
+
+
+def test_a_worker_refuses_tensors_moved_off_the_cpu(bob: Any) -> None:
+    x = torch.ones(2).send(bob)
+
+    for call in (
+        lambda: x.to("meta"),
+        lambda: x.to(device="meta"),
+        lambda: x.new_zeros(3, device="meta"),
+    ):
+        call()
+        with pytest.raises(sy.ForbiddenOperationError, match="device='meta'"):
+            bob.synchronize()
+    assert torch.equal(x.to("cpu").get(), torch.ones(2))
+    assert list(bob._objects) == [x.id_at_location]

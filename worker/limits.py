@@ -82,6 +82,24 @@ _CONTRACTIONS: dict[str, str] = {
 #: options a tensor factory (torch.zeros...) may not take: the tensor is made in memory
 _FACTORY_REFUSED = ("device", "out", "layout", "pin_memory", "generator")
 
+#: ops that take a device positionally (x.to("meta"))
+_DEVICE_OPS = frozenset({"Tensor.to"})
+
+
+def _device_other_than_cpu(args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """A device argument naming anything but the CPU (workers keep tensors in memory)."""
+    candidates = [kwargs.get("device"), *args]
+    for value in candidates:
+        if isinstance(value, torch.device | str):
+            try:
+                device = torch.device(value)
+            except (RuntimeError, TypeError):
+                continue  # not a device (a reduction="mean", an einsum equation)
+            if device.type != "cpu":
+                return f"device={str(device)!r}"
+    return None
+
+
 #: recurrent kernels: every weight is applied once per step and batch row of the input
 _RECURRENT = frozenset({"torch.lstm", "torch.gru", "torch.rnn_tanh", "torch.rnn_relu"})
 
@@ -121,6 +139,9 @@ class OpLimits:
             for key in _FACTORY_REFUSED:
                 if key in kwargs:  # a tensor elsewhere than in memory, or written in place
                     raise ForbiddenOperationError(f"{name}(..., {key}=...)", self.worker_id)
+        device = _device_other_than_cpu(args, kwargs) if name in _DEVICE_OPS or kwargs else None
+        if device is not None:  # a meta (or absent GPU) tensor cannot be kept or sent back
+            raise ForbiddenOperationError(f"{name}(..., {device})", self.worker_id)
         inputs = list(_tensors(args))
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
