@@ -329,6 +329,34 @@ class DatasetNotFoundError(TensorFleetError):
         )
 
 
+class WorkerNotFoundException(TensorFleetError, KeyError):
+    """``worker.get_worker(id)`` named a worker this client has not made or added."""
+
+    def __init__(self, worker: str, destination: str) -> None:
+        super().__init__(
+            f'Worker "{worker}" does not know a worker "{destination}". Make it first with '
+            f'sy.VirtualWorker(hook, id="{destination}") (or sy.FleetWorker for a worker of '
+            f"a running fleet), or {worker}.add_workers([...]) it, then look it up again."
+        )
+
+    def __str__(self) -> str:  # KeyError would repr() the message; show it as written.
+        return str(self.args[0]) if self.args else ""
+
+
+class NotSupportedError(TensorFleetError, AttributeError, NotImplementedError):
+    """A PySyft 0.2 name, method or option that TensorFleet does not provide.
+
+    Also an AttributeError, so ``hasattr(sy, name)`` stays False for such a name, and a
+    NotImplementedError, what PySyft raised for features it lacked.
+    """
+
+    def __init__(self, feature: str, alternative: str) -> None:
+        super().__init__(
+            f"{feature} is part of PySyft 0.2, but TensorFleet does not support it; nothing "
+            f"was done. {alternative}"
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -367,6 +395,8 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         PermissionDeniedError,
         GetNotPermittedError,
         DatasetNotFoundError,
+        WorkerNotFoundException,
+        NotSupportedError,
         RemoteExecutionError,
     )
 }

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from broker.ops import FACTORIES
+
 #: (shape, dtype, requires_grad) of one tensor
 Meta = tuple[tuple[int, ...], torch.dtype, bool]
 
@@ -126,12 +128,21 @@ class ShapeCache:
         return self._cache.get(key)
 
 
+#: torch functions that make a tensor from sizes alone (:data:`broker.ops.FACTORIES`)
+FACTORY_FUNCTIONS = frozenset(getattr(torch, name) for name in FACTORIES)
+
+_CPU = torch.device("cpu")
+_META = torch.device("meta")
+
+
 def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
     meta = meta_of(value)
     if meta is not None:
         shape, dtype, requires_grad = meta
         tensor = torch.empty(shape, dtype=dtype, device="meta")
         return tensor.requires_grad_(True) if requires_grad else tensor
+    if (type(value) is torch.device and value == _CPU) or (type(value) is str and value == "cpu"):
+        return _META  # x.to(x.device), x.to("cpu"): stay on meta
     if isinstance(value, list | tuple) and not isinstance(value, torch.Size):
         return type(value)(_to_meta(item, meta_of) for item in value)
     if isinstance(value, dict):
@@ -164,6 +175,8 @@ def _call_on_meta(
     """``func`` called with every tensor argument replaced by a meta tensor of its Meta."""
     meta_args = _to_meta(args, meta_of)
     meta_kwargs = _to_meta(kwargs, meta_of) if kwargs else {}
+    if func in FACTORY_FUNCTIONS:  # no tensor argument: make it on meta, never allocate here
+        meta_kwargs = {**meta_kwargs, "device": _META}
     with torch._C.DisableTorchFunctionSubclass(), torch.set_grad_enabled(grad):
         return func(*meta_args, **meta_kwargs)
 

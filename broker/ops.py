@@ -1,10 +1,11 @@
 """The op vocabulary: the wire names of the torch callables a command may name.
 
-A command names its callable as ``torch.<fn>``, ``torch.nn.functional.<fn>`` or
-``Tensor.<method>``. The lists below are the fleet's default allowlist: workers
-resolve names through :func:`resolve_allowed` and refuse everything else; the
-client uses :func:`wire_name` to name what ``__torch_function__`` hands it. No
-name from the wire is ever looked up with ``getattr`` on anything but these lists.
+A command names its callable as ``torch.<fn>``, ``torch.linalg.<fn>``,
+``torch.nn.functional.<fn>`` or ``Tensor.<method>``. The lists below are the
+fleet's default allowlist: workers resolve names through :func:`resolve_allowed`
+and refuse everything else; the client uses :func:`wire_name` to name what
+``__torch_function__`` hands it. No name from the wire is ever looked up with
+``getattr`` on anything but these lists.
 """
 
 from __future__ import annotations
@@ -301,6 +302,35 @@ TORCH_FUNCTIONS: tuple[str, ...] = (
     "cdist",
     "logsumexp",
     "trace",
+    "celu",
+    "selu",
+    # the recurrent layers' kernels (nn.LSTM, nn.GRU, nn.RNN call them through torch._VF)
+    "lstm",
+    "gru",
+    "rnn_tanh",
+    "rnn_relu",
+)
+
+#: tensor factories a client may run on a worker (``bob.remote.torch.zeros(2, 3)``); their
+#: size is inferred on the meta device (:func:`broker.meta.is_factory`) before they run
+FACTORIES: tuple[str, ...] = (
+    "zeros",
+    "ones",
+    "full",
+    "eye",
+    "arange",
+    "linspace",
+    "rand",
+    "randn",
+    "randint",
+)
+
+#: ``torch.linalg`` functions: only those whose work the per-op limits bound well (no
+#: factorizations, whose cost is far above the elements they read and write)
+LINALG: tuple[str, ...] = (
+    "vector_norm",
+    "vecdot",
+    "matmul",
 )
 
 FUNCTIONAL: tuple[str, ...] = (
@@ -311,7 +341,17 @@ FUNCTIONAL: tuple[str, ...] = (
     "leaky_relu",
     "elu",
     "selu",
+    "celu",
     "gelu",
+    "glu",
+    "hardtanh",
+    "hardsigmoid",
+    "hardswish",
+    "mish",
+    "softsign",
+    "logsigmoid",
+    "tanhshrink",
+    "softmin",
     "silu",
     "sigmoid",
     "tanh",
@@ -354,6 +394,12 @@ def _named_callables() -> dict[str, Callable[..., Any]]:
         function = getattr(torch, name, None)
         if function is not None:
             table[f"torch.{name}"] = function
+    for name in FACTORIES:
+        table[f"torch.{name}"] = getattr(torch, name)
+    for name in LINALG:
+        function = getattr(torch.linalg, name, None)
+        if function is not None:
+            table[f"torch.linalg.{name}"] = function
     for name in FUNCTIONAL:
         function = getattr(F, name, None)
         if function is not None:
@@ -375,7 +421,10 @@ def _fallback_name(func: Callable[..., Any]) -> str:
     if objclass is not None:  # a tensor method descriptor
         return f"Tensor.{func.__name__}"
     module = getattr(func, "__module__", None) or "torch"
-    return f"{module}.{getattr(func, '__name__', repr(func))}"
+    name = getattr(func, "__name__", repr(func))
+    if module == "torch._C._linalg" and name.startswith("linalg_"):
+        return f"torch.linalg.{name.removeprefix('linalg_')}"  # its public name
+    return f"{module}.{name}"
 
 
 def wire_name(func: Callable[..., Any]) -> str:

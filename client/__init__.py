@@ -11,19 +11,31 @@ from broker.errors import (
     ForbiddenOperationError,
     GetRequiredError,
     InvalidTensorForRemoteGet,
+    NotSupportedError,
     ObjectNotFoundError,
     PlanNotBuiltError,
     TensorFleetError,
     TensorsNotCollocatedException,
+    WorkerNotFoundException,
     WorkerUnavailableError,
 )
-from client import federated  # federated learning: FederatedDataset/Loader, Optims, FedAvg
+from client import (
+    exceptions,  # every error, as sy.exceptions (PySyft's syft.exceptions)
+    federated,  # federated learning: FederatedDataset/Loader, Optims, FedAvg
+)
 from client.federated import FederatedDataLoader, FederatedDataset
 from client.hook import TorchHook
-from client.multipointer import MultiPointerTensor
+from client.multipointer import MultiPointerTensor, combine_pointers
 from client.plan import Plan, func2plan
 from client.pointer import PointerTensor
+from client.unsupported import missing_name
 from client.workers import BaseWorker, FleetWorker, VirtualWorker
+
+
+def __getattr__(name: str) -> Any:
+    """``sy.<a PySyft 0.2 name TensorFleet lacks>``: NotSupportedError saying what instead."""
+    return missing_name(name)
+
 
 #: the hook's local worker ("me"); set by ``TorchHook(torch)``
 local_worker: Any = None
@@ -38,6 +50,7 @@ __all__ = [
     "GetRequiredError",
     "InvalidTensorForRemoteGet",
     "MultiPointerTensor",
+    "NotSupportedError",
     "ObjectNotFoundError",
     "Plan",
     "PlanNotBuiltError",
@@ -46,7 +59,10 @@ __all__ = [
     "TensorsNotCollocatedException",
     "TorchHook",
     "VirtualWorker",
+    "WorkerNotFoundException",
     "WorkerUnavailableError",
+    "combine_pointers",
+    "exceptions",
     "federated",
     "func2plan",
     "local_worker",

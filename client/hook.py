@@ -2,9 +2,10 @@
 
 PySyft 0.2 monkeypatched every torch function. TensorFleet intercepts through
 ``__torch_function__`` on its pointer type instead, and attaches only this
-short, listed set: ``Tensor.send``, ``Tensor.tag`` and ``Tensor.describe``
-(client/hosted.py), the ``nn.Module`` methods ``send``/``get``/
-``copy``/``move``, and ``Dataset.federate``. Hooking twice changes nothing.
+short, listed set: ``Tensor.send``/``send_``/``copy``, ``Tensor.tag`` and
+``Tensor.describe`` (client/hosted.py), the ``nn.Module`` methods
+``send``/``get``/``copy``/``move``, ``Dataset.federate``, and stubs for PySyft's
+methods TensorFleet lacks (:mod:`client.unsupported`). Hooking twice changes nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import torch
 
-from client import hosted
+from client import hosted, unsupported
 from client import pointer as pointer_module
+from client.unsupported import HOOK_OPTIONS, check_options
 from client.workers import VirtualWorker, local_worker
 
 _installed = False
@@ -23,9 +25,24 @@ _installed = False
 
 def _tensor_send(self: torch.Tensor, *locations: Any, **options: Any) -> Any:
     """``x.send(bob)``: bob keeps a copy; returns a pointer. ``x.send(bob, alice)``: one each."""
-    from client.remote import send_tensor
+    from client.remote import SEND_OPTIONS, send_tensor
+
+    check_options("x.send", options, SEND_OPTIONS)
 
     return send_tensor(self, locations)
+
+
+def _tensor_send_(self: torch.Tensor, *locations: Any, **options: Any) -> Any:
+    """``x.send_(bob)``: x itself becomes the pointer (same Python object); returns x."""
+    from client.remote import send_in_place
+
+    check_options("x.send_", options, {})
+    return send_in_place(self, locations)
+
+
+def _tensor_copy(self: torch.Tensor) -> torch.Tensor:
+    """``x.copy()``: a copy of a local tensor (a pointer's ``copy()`` copies on its worker)."""
+    return self.clone()
 
 
 def _install() -> None:
@@ -37,6 +54,9 @@ def _install() -> None:
     torch.Tensor.send = _tensor_send  # type: ignore[attr-defined]
     torch.Tensor.tag = hosted.tag  # type: ignore[attr-defined]
     torch.Tensor.describe = hosted.describe  # type: ignore[attr-defined]
+    torch.Tensor.send_ = _tensor_send_  # type: ignore[attr-defined]
+    torch.Tensor.copy = _tensor_copy  # type: ignore[attr-defined]
+    unsupported.install(torch.Tensor, torch.nn.Module)  # PySyft's methods we lack: clear errors
     for name in ("send", "get", "copy", "move"):
         setattr(torch.nn.Module, name, getattr(module_methods, f"module_{name}"))
     try:
@@ -57,9 +77,14 @@ class TorchHook:
         local_worker_: VirtualWorker | None = None,
         is_client: bool = True,
         verbose: bool = False,
+        **options: Any,
     ) -> None:
         if torch_module is not torch:
             raise TypeError("TorchHook hooks the torch module: sy.TorchHook(torch)")
+        if local_worker_ is None:  # PySyft's name for it
+            local_worker_ = options.pop("local_worker", None)
+        check_options("sy.TorchHook", {"is_client": is_client, "verbose": verbose}, HOOK_OPTIONS)
+        check_options("sy.TorchHook", options, HOOK_OPTIONS)
         _install()
         self.torch = torch_module
         self.local_worker = local_worker_ if local_worker_ is not None else local_worker()

@@ -86,6 +86,34 @@ class MultiPointerTensor(torch.Tensor):
         raise RuntimeError(f"{func} reached a MultiPointerTensor below __torch_function__")
 
 
+def combine_pointers(*pointers: Any) -> Any:
+    """``sy.combine_pointers(p_bob, p_alice)``: one multi-pointer over pointers on distinct workers.
+
+    The pointers must agree in shape and dtype, as the copies of ``x.send(bob, alice)`` do.
+    """
+    children: dict[str, Any] = {}
+    for pointer in pointers:
+        if type(pointer) is not PointerTensor:
+            raise TypeError(
+                f"combine_pointers() takes pointers (x.send(worker)), not {type(pointer).__name__}"
+            )
+        location = pointer.child.location.id
+        if location in children:
+            raise ValueError(
+                f"combine_pointers(): two pointers are on {location}; a multi-pointer holds one "
+                "pointer per worker"
+            )
+        if children and pointer.child.meta[:2] != next(iter(children.values())).child.meta[:2]:
+            raise ValueError(
+                "combine_pointers(): the pointers differ in shape or dtype; a multi-pointer "
+                "holds copies of one tensor"
+            )
+        children[location] = pointer
+    if not children:
+        raise TypeError("combine_pointers() needs at least one pointer")
+    return MultiPointerTensor.from_children(children)
+
+
 def _workers_of(args: Any, kwargs: Any) -> list[str]:
     for value in (*args, *kwargs.values()):
         if isinstance(value, MultiPointerTensor):

@@ -670,14 +670,17 @@ def func2plan(args_shape: Any = None) -> Any:
     """Decorate a function into a :class:`Plan`; with ``args_shape`` it is built at once.
 
     ``@sy.func2plan(args_shape=[(-1,), (-1,)])`` builds on tensors of ones of those shapes
-    (-1: any size; such a dim is 1 while building). Without it, ``plan.build(*examples)``.
+    (-1: any size; such a dim is 1 while building). Without it, or with an empty
+    ``args_shape=()``, build it later: ``plan.build(*examples)``.
     """
     if callable(args_shape) and not isinstance(args_shape, Sequence):  # bare @sy.func2plan
         return Plan(args_shape)
 
     def decorate(function: Callable[..., Any]) -> Plan:
         name = getattr(function, "__name__", "plan")
-        shapes = None if args_shape is None else _check_args_shape(args_shape, name)
+        # PySyft builds only when args_shape is given and not empty: () means "build later"
+        empty = isinstance(args_shape, tuple | list) and len(args_shape) == 0
+        shapes = None if args_shape is None or empty else _check_args_shape(args_shape, name)
         plan = Plan(function, name)
         if shapes is not None:
             examples = [torch.ones([1 if dim == -1 else dim for dim in shape]) for shape in shapes]

@@ -526,15 +526,39 @@ class PointerTensor(torch.Tensor):
     # -- moving data -----------------------------------------------------------------------
     def send(self, *locations: Any, **options: Any) -> Any:
         """Send this *pointer* onward: the new worker keeps a pointer to the data (p2p)."""
-        from client.remote import send_pointer
+        from client.remote import SEND_OPTIONS, send_pointer
+        from client.unsupported import check_options
 
+        check_options("ptr.send", options, SEND_OPTIONS)
         return send_pointer(self, locations)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         """Bring the object here; the worker forgets it (a pointer-to-pointer gives a pointer)."""
-        from client.remote import get_pointer
+        from client.remote import GET_OPTIONS, get_pointer
+        from client.unsupported import check_options
 
+        if args:
+            raise TypeError(f"ptr.get() takes no positional arguments, not {args!r}")
+        check_options("ptr.get", kwargs, GET_OPTIONS)
         return get_pointer(self)
+
+    def get_(self) -> Any:
+        """Bring the data back into this very object (it is a local tensor again); returns it."""
+        from client.remote import get_in_place
+
+        return get_in_place(self)
+
+    def send_(self, *locations: Any) -> Any:
+        """Send this pointer onward, in place: this object becomes the new pointer."""
+        from client.remote import send_in_place
+
+        return send_in_place(self, locations)
+
+    def remote_send(self, destination: Any) -> Any:
+        """The data goes from its worker to ``destination``; this becomes a pointer chain."""
+        from client.remote import remote_send_pointer
+
+        return remote_send_pointer(self, destination)
 
     def move(self, destination: Any) -> Any:
         """Send the data straight from its worker to ``destination`` (same id); returns self."""

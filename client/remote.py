@@ -25,6 +25,29 @@ from broker.protocol import PointerRecord
 from client import locate
 from client.pointer import PointerTensor, make_pointer, new_id
 
+#: PySyft's ``send`` options -> (default, what to do instead); the defaults are what we do
+SEND_OPTIONS: dict[str, tuple[Any, str]] = {
+    "inplace": (False, "Use x.send_(worker), which turns x itself into the pointer."),
+    "garbage_collect_data": (
+        True,
+        "Set it on the pointer after sending: ptr = x.send(bob); ptr.gc = False.",
+    ),
+    "create_pointer": (True, "A send always returns a pointer: drop it if unused."),
+    "no_wrap": (False, "Pointers are tensors already (ptr.child holds the pointer's state)."),
+    "requires_grad": (False, "requires_grad travels with the tensor: set it before sending."),
+    "local_autograd": (False, "Autograd runs where the data is: call .backward() there."),
+    "preinitialize_grad": (False, "model.send(worker) gives trainable parameters zero grads."),
+    "user": (None, "Clients are RabbitMQ users: the fleet knows who sent a command."),
+}
+
+#: PySyft's ``get`` options -> (default, what to do instead)
+GET_OPTIONS: dict[str, tuple[Any, str]] = {
+    "inplace": (False, "Use ptr.get_(), which turns the pointer itself back into the tensor."),
+    "deregister_ptr": (True, "A get always ends the pointer: the data is here now."),
+    "user": SEND_OPTIONS["user"],
+    "reason": ("", "Requests carry no reason: a worker's operator decides what may be fetched."),
+}
+
 
 def local_meta(tensor: torch.Tensor) -> Meta:
     """What a pointer to a copy of ``tensor`` knows about it."""
@@ -179,3 +202,58 @@ def _check_same_fleet(source: Any, destination: Any) -> None:
             "the other a fleet worker), so data cannot pass between them directly: .get() it "
             "and .send() it instead."
         )
+
+
+def send_in_place(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
+    """``x.send_(bob)``: the same Python object becomes the pointer; returns it."""
+    from client.module import _held_by_a_graph
+
+    if len(locations) != 1:
+        raise NotImplementedError(
+            "Inplace send to several workers is currently not supported: use x.send(bob, alice)."
+        )
+    if type(tensor) is PointerTensor:
+        pointer = send_pointer(tensor, locations)
+    else:
+        if _held_by_a_graph(tensor):
+            raise RuntimeError(
+                "x.send_(): a local autograd graph still uses this tensor; call .backward() "
+                "on its output or del it first, or use x.send(worker), which copies."
+            )
+        pointer = send_tensor(tensor, locations)
+    torch.utils.swap_tensors(tensor, pointer)
+    return tensor
+
+
+def get_in_place(wrapper: PointerTensor) -> Any:
+    """``ptr.get_()``: the pointer object itself becomes the tensor again; returns it."""
+    value = get_pointer(wrapper)
+    torch.utils.swap_tensors(wrapper, value)
+    return wrapper
+
+
+def remote_send_pointer(wrapper: PointerTensor, destination: Any) -> Any:
+    """``ptr.remote_send(alice)`` on me -> bob: the data goes from bob to alice (same id).
+
+    Bob keeps a pointer to it under that id, so ``ptr`` becomes me -> bob -> alice (PySyft
+    0.2.9's intent; 0.2.4 left the client's pointer dangling). Returns ``ptr``.
+    """
+    pointer = wrapper.child
+    source = pointer.location
+    if pointer.route is not None or pointer.point_to_attr is not None:
+        raise ValueError(
+            f"remote_send() sends data that {source.id} holds; {pointer!r} points at a "
+            "pointer or an attribute: .move() it, or .clone() the attribute first"
+        )
+    destination = _check_worker(destination)
+    if destination is source:
+        return wrapper
+    move_pointer(wrapper, destination)
+    shape, dtype, requires_grad = pointer.meta
+    record = PointerRecord(
+        destination.id, pointer.id_at_location, True, shape, codec.dtype_name(dtype), requires_grad
+    )
+    source._enqueue([protocol.STORE, pointer.id_at_location, record, None])
+    pointer.location = source
+    pointer.route = (source.id, destination.id)
+    return wrapper

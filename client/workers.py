@@ -13,9 +13,13 @@ import time
 from typing import Any, ClassVar
 
 from broker import protocol
-from broker.errors import TensorFleetError, WorkerUnavailableError
+from broker.errors import TensorFleetError, WorkerNotFoundException, WorkerUnavailableError
 from broker.protocol import PointerRecord
 from client.session import Session
+from client.unsupported import WORKER_OPTIONS, check_options
+
+#: worker options TensorFleet reads itself (the rest of PySyft's are checked by check_options)
+_OWN_OPTIONS = frozenset({"is_client_worker", "data"})
 
 
 class StoredPointer:
@@ -62,6 +66,13 @@ class BaseWorker:
         return super().__new__(cls)
 
     def __init__(self, hook: Any = None, id: str = "", **options: Any) -> None:
+        check_options(
+            f"sy.{type(self).__name__}",
+            {name: value for name, value in options.items() if name not in _OWN_OPTIONS},
+            WORKER_OPTIONS,
+        )
+        if isinstance(id, str) and id:
+            _latest_made[id] = self
         if getattr(self, "session", None) is not None:
             return  # the same worker, created again by id
         if not isinstance(id, str) or not id:
@@ -99,6 +110,49 @@ class BaseWorker:
         timeout: float | None = None,
     ) -> Any:
         return self.session.request(self.id, command, label, watch, timeout)
+
+    @property
+    def remote(self) -> Any:
+        """``bob.remote.torch.zeros(2, 3)``: a tensor made on this worker; returns its pointer."""
+        from client.factories import Remote
+
+        return Remote(self)
+
+    # -- PySyft's worker registry (every worker of a session already knows every other) --
+    def add_worker(self, worker: BaseWorker) -> BaseWorker:
+        """Make ``worker`` known to this one (for PySyft code: it already is); returns self."""
+        return self.add_workers([worker])
+
+    def add_workers(self, workers: Any) -> BaseWorker:
+        """Make each of ``workers`` known to this one; returns self."""
+        for worker in workers:
+            if not isinstance(worker, BaseWorker):
+                raise TypeError(
+                    f"add_workers() takes workers (sy.VirtualWorker, sy.FleetWorker), not "
+                    f"{type(worker).__name__}: bob.add_workers([alice, secure_worker])"
+                )
+            if worker.session is not self.session:  # another kind: not found by session
+                self.__dict__.setdefault("_added_workers", {})[worker.id] = worker
+        return self
+
+    def get_worker(self, id_or_worker: Any, fail_hard: bool = True) -> BaseWorker:
+        """The worker of that id (or the worker itself); WorkerNotFoundException if unknown.
+
+        PySyft returned the id string for an unknown id unless ``fail_hard``, which failed
+        later with "'str' object has no attribute ..."; TensorFleet always raises here.
+        """
+        if isinstance(id_or_worker, BaseWorker):
+            return id_or_worker
+        worker_id = str(id_or_worker)
+        found = self.__dict__.get("_added_workers", {}).get(worker_id)
+        if found is None and self.is_client_worker:
+            # "me" knows every worker made, the latest of each id (PySyft's auto_add)
+            found = _latest_made.get(worker_id)
+        if found is None:
+            found = self.session.workers.get(worker_id)
+        if found is None:
+            raise WorkerNotFoundException(self.id, worker_id)
+        return found
 
     # -- what users call ---------------------------------------------------------------------
     @property
@@ -156,6 +210,8 @@ class BaseWorker:
 #: the longest ``repr(worker)`` waits for the worker's object count before showing '?'
 REPR_TIMEOUT = 1.0
 
+#: worker id -> the worker last made (or named again) with it, of either kind
+_latest_made: dict[str, BaseWorker] = {}
 _in_process_session: Session | None = None
 _fleet_session: Session | None = None
 

@@ -53,6 +53,8 @@ SAMPLES = {
     "found": 0,
     "path": "fleets/prod.toml",
     "problem": "workers.bob.redis: expected a URL starting with redis:// or rediss://",
+    "feature": "sy.VirtualWorker(..., log_msgs=True)",
+    "alternative": "Watch a fleet's traffic with Flower or the engine's metrics hooks.",
 }
 
 

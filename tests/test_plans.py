@@ -116,9 +116,7 @@ def test_build_with_examples_then_local_and_remote_calls_agree(bob: Any) -> None
     assert torch.allclose(remote.get(), local)
 
 
-@pytest.mark.parametrize(
-    "args_shape", [[(-2,)], [(2, "a")], "(-1,)", [], [3], [(1.5,)], 7, [(True,)]]
-)
+@pytest.mark.parametrize("args_shape", [[(-2,)], [(2, "a")], "(-1,)", [3], [(1.5,)], 7, [(True,)]])
 def test_invalid_args_shape_raises_value_error_when_decorating(args_shape: Any) -> None:
     with pytest.raises(ValueError, match="Invalid"):
 

@@ -9,7 +9,8 @@ microsecond) and checked against two settings:
 * ``TENSORFLEET_MAX_OBJECT_BYTES``: the bytes of the op's results;
 * ``TENSORFLEET_MAX_OP_WORK``: its work, counted as the elements it reads and
   writes, and for contractions (matmul, linear, conv, einsum...) the multiply-adds
-  (the output's elements times the contracted size).
+  (the output's elements times the contracted size; for the recurrent kernels,
+  the input's rows times the weights' elements).
 
 An op whose results meta tensors cannot describe because they depend on the data
 (``F.one_hot`` without ``num_classes``) is refused unless its results are bounded
@@ -25,8 +26,12 @@ from typing import Any
 
 import torch
 
-from broker.errors import OperationTooLargeError, UnboundedOperationError
-from broker.meta import Meta, ShapeCache, is_data_dependent, meta_failure
+from broker.errors import (
+    ForbiddenOperationError,
+    OperationTooLargeError,
+    UnboundedOperationError,
+)
+from broker.meta import FACTORY_FUNCTIONS, Meta, ShapeCache, is_data_dependent, meta_failure
 from broker.tree import leaves
 
 #: ops whose data-dependent results are never bigger than their inputs times their rank
@@ -51,6 +56,7 @@ _CONTRACTIONS: dict[str, str] = {
             "Tensor.__rmatmul__",
             "torch.outer",
             "Tensor.outer",
+            "torch.linalg.matmul",
         )
     },
     **{name: "last_dim_of_second" for name in ("torch.addmm", "Tensor.addmm")},
@@ -72,6 +78,30 @@ _CONTRACTIONS: dict[str, str] = {
         for name in ("torch.einsum", "torch.tensordot", "torch.cdist", "torch.trace")
     },
 }
+
+#: options a tensor factory (torch.zeros...) may not take: the tensor is made in memory
+_FACTORY_REFUSED = ("device", "out", "layout", "pin_memory", "generator")
+
+#: ops that take a device positionally (x.to("meta"))
+_DEVICE_OPS = frozenset({"Tensor.to"})
+
+
+def _device_other_than_cpu(args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """A device argument naming anything but the CPU (workers keep tensors in memory)."""
+    candidates = [kwargs.get("device"), *args]
+    for value in candidates:
+        if isinstance(value, torch.device | str):
+            try:
+                device = torch.device(value)
+            except (RuntimeError, TypeError):
+                continue  # not a device (a reduction="mean", an einsum equation)
+            if device.type != "cpu":
+                return f"device={str(device)!r}"
+    return None
+
+
+#: recurrent kernels: every weight is applied once per step and batch row of the input
+_RECURRENT = frozenset({"torch.lstm", "torch.gru", "torch.rnn_tanh", "torch.rnn_relu"})
 
 
 def _meta_of(value: Any) -> Meta | None:
@@ -105,6 +135,13 @@ class OpLimits:
         grad: bool,
     ) -> int:
         """Raise if ``func(*args, **kwargs)`` would exceed a limit; else its result bytes."""
+        if func in FACTORY_FUNCTIONS and kwargs:
+            for key in _FACTORY_REFUSED:
+                if key in kwargs:  # a tensor elsewhere than in memory, or written in place
+                    raise ForbiddenOperationError(f"{name}(..., {key}=...)", self.worker_id)
+        device = _device_other_than_cpu(args, kwargs) if name in _DEVICE_OPS or kwargs else None
+        if device is not None:  # a meta (or absent GPU) tensor cannot be kept or sent back
+            raise ForbiddenOperationError(f"{name}(..., {device})", self.worker_id)
         inputs = list(_tensors(args))
         if kwargs:
             inputs.extend(_tensors(kwargs.values()))
@@ -133,6 +170,9 @@ class OpLimits:
         contraction = _CONTRACTIONS.get(name)
         if contraction is not None:
             work += output_elements * _contracted_size(contraction, args, inputs)
+        elif name in _RECURRENT and inputs and inputs[0].dim():
+            rows = inputs[0].numel() // max(inputs[0].shape[-1], 1)
+            work += rows * sum(tensor.numel() for tensor in inputs[1:])
         self._check_work(name, work)
         return output_bytes
 

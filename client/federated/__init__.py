@@ -2,8 +2,9 @@
 
 One job per module, as in flwr: :mod:`~client.federated.dataset` (shares on
 workers), :mod:`~client.federated.loader` (batches built on the workers),
-:mod:`~client.federated.optims` (optimizer state per worker) and
-:mod:`~client.federated.fedavg` (averaging on a trusted worker).
+:mod:`~client.federated.optims` (optimizer state per worker),
+:mod:`~client.federated.fedavg` (averaging on a trusted worker) and
+:mod:`~client.federated.utils` (PySyft's helpers on local models).
 """
 
 from client.federated.dataset import BaseDataset, FederatedDataset, federate
@@ -17,6 +18,13 @@ from client.federated.fedavg import (
 )
 from client.federated.loader import FederatedDataLoader, batch_indices, local_batches
 from client.federated.optims import Optims
+from client.federated.utils import (
+    accuracy,
+    add_model,
+    extract_batches_per_worker,
+    federated_avg,
+    scale_model,
+)
 
 __all__ = [
     "BaseDataset",
@@ -26,10 +34,15 @@ __all__ = [
     "LocalTraining",
     "Optims",
     "RoundResult",
+    "accuracy",
+    "add_model",
     "batch_indices",
+    "extract_batches_per_worker",
     "federate",
+    "federated_avg",
     "load_parameters",
     "local_batches",
+    "scale_model",
     "secure_average",
     "train_epochs",
 ]

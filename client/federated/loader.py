@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from broker.errors import NotSupportedError
 from client.federated.dataset import BaseDataset, FederatedDataset
 
 #: options of torch's DataLoader that mean nothing when the data is on workers
@@ -89,10 +90,17 @@ class FederatedDataLoader:
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
+        one_at_a_time = (
+            "It runs one iterator: every batch of one worker, then the next; group the "
+            "batches by data.location to train workers in turn."
+        )
         if num_iterators != 1:
-            raise NotImplementedError(
-                "FederatedDataLoader runs one iterator (num_iterators=1): "
-                "it yields every batch of one worker, then the next."
+            raise NotSupportedError(
+                f"sy.FederatedDataLoader(..., num_iterators={num_iterators!r})", one_at_a_time
+            )
+        if options.pop("iter_per_worker", False):
+            raise NotSupportedError(
+                "sy.FederatedDataLoader(..., iter_per_worker=True)", one_at_a_time
             )
         unknown = sorted(set(options) - set(_IGNORED_OPTIONS))
         if unknown:
