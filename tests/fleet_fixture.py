@@ -61,12 +61,18 @@ class RunningFleet:
         env: Mapping[str, str],
         log_dir: Path,
         worker_env: Mapping[str, Mapping[str, str]] | None = None,
+        worker_wrapper: Mapping[str, Sequence[str]] | None = None,
+        purge_on_close: bool = True,
     ) -> None:
         self.worker_ids = tuple(worker_ids)
         self.namespace = namespace
         self.env = dict(env)
         #: worker id -> variables only that worker gets (its own TENSORFLEET_REDIS_URL...)
         self.worker_env = {w: dict(v) for w, v in (worker_env or {}).items()}
+        #: worker id -> command it runs under (``ip netns exec <host>``: tests/multihost.py)
+        self.worker_wrapper = {w: tuple(v) for w, v in (worker_wrapper or {}).items()}
+        #: False when the servers are private and thrown away with the fleet
+        self.purge_on_close = purge_on_close
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.settings = Settings.from_env(self.env)
@@ -82,7 +88,12 @@ class RunningFleet:
         with open(self.log_path(worker_id), "ab") as log:
             env = {**self.env, **self.worker_env.get(worker_id, {})}
             self.processes[worker_id] = start_worker_process(
-                worker_id, env, log=log, cwd=REPO, die_with_parent=True
+                worker_id,
+                env,
+                log=log,
+                cwd=REPO,
+                die_with_parent=True,
+                wrapper=self.worker_wrapper.get(worker_id, ()),
             )
         if wait:
             self.wait_ready([worker_id])
@@ -178,7 +189,8 @@ class RunningFleet:
                 self.stop(worker_id)
         if self._pinger is not None:
             self._pinger.close()
-        purge(self.namespace, self.worker_ids, self.settings)
+        if self.purge_on_close:
+            purge(self.namespace, self.worker_ids, self.settings)
 
 
 def purge(namespace: str, worker_ids: Sequence[str], settings: Settings) -> None:

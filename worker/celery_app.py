@@ -70,6 +70,13 @@ def make_app(settings: Settings) -> Celery:
         # to exactly the workers of TENSORFLEET_NAMESPACE
         control_exchange=topology.control_exchange_prefix(settings.namespace),
         event_exchange=topology.event_exchange(settings.namespace),
+        # After a network partition the worker reconnects while RabbitMQ still holds its
+        # old connection (it learns of its death only once the link is back). An exclusive
+        # pidbox queue (Celery's default) is still locked by that connection, and Celery
+        # treats the RESOURCE_LOCKED on redeclaring it as unrecoverable: the worker exits
+        # (tests/test_multihost.py, link cut). Non-exclusive, it is still auto-deleted
+        # (and expires 10 s after its last consumer).
+        control_queue_exclusive=False,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         # amqps://: verify the broker against TENSORFLEET_TLS_CA_FILE (broker/tls.py)

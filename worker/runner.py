@@ -105,17 +105,23 @@ def start_worker_process(
     cwd: str | os.PathLike[str] | None = None,
     quiet: bool = True,
     die_with_parent: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``tensorfleet worker <id>`` as a child process: the one launcher of worker processes.
 
     The CLI (``tensorfleet up``), the demo and benchmarks, and the test fixture all start
     workers here. ``log`` receives the worker's stdout and stderr (default: stdout is
     dropped when ``quiet``, stderr is inherited); ``die_with_parent`` makes Linux stop the
-    worker if this process dies first (tests and temporary fleets).
+    worker if this process dies first (tests and temporary fleets). ``wrapper`` is a
+    command the worker runs under, such as ``("ip", "netns", "exec", "owner-bob")`` to put
+    it on another (network namespace) host; it must exec the worker in place.
     """
     stdout: Any = log if log is not None else (subprocess.DEVNULL if quiet else None)
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel],
+        [
+            *wrapper,
+            *(sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel),
+        ],
         stdout=stdout,
         stderr=subprocess.STDOUT if log is not None else None,
         env=None if env is None else dict(env),
