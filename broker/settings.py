@@ -38,6 +38,9 @@ Variables and defaults:
 - ``TENSORFLEET_TRANSFER_TTL`` = ``600``: seconds a worker keeps the parts of a chunked
   message whose last part has not arrived; the parts are then dropped.
 - ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts before a client gives up.
+- ``TENSORFLEET_QUEUE_TYPE`` = ``classic``: RabbitMQ type of the worker queues, ``classic`` or
+  ``quorum`` (replicated on a cluster, Raft); every party of a fleet must use the same, since
+  RabbitMQ refuses to re-declare a queue with another type (see broker/topology.py).
 - ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
 - ``TENSORFLEET_DATASETS`` (unset): datasets a worker's operator hosts, ``NAME=PATH`` entries
   separated by ``,`` (safetensors files; ``tensorfleet worker --dataset`` sets it); see
@@ -66,6 +69,9 @@ RABBITMQ_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 #: Room left under RabbitMQ's limit for the task envelope and properties around a chunk.
 _ENVELOPE_HEADROOM = 1024 * 1024
 
+#: Values of TENSORFLEET_QUEUE_TYPE: RabbitMQ queue types a fleet's worker queues may have.
+QUEUE_TYPES = ("classic", "quorum")
+
 _NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -92,6 +98,7 @@ class Settings:
     failure_ttl: int = 3600
     transfer_ttl: int = 600
     connect_retries: int = 5
+    queue_type: str = "classic"
     worker_id: str | None = None
     datasets: tuple[str, ...] = ()
     tls_ca_file: str | None = None
@@ -160,6 +167,7 @@ class Settings:
             connect_retries=_integer(
                 raw("CONNECT_RETRIES"), "CONNECT_RETRIES", defaults.connect_retries, minimum=0
             ),
+            queue_type=_choice(raw("QUEUE_TYPE"), "QUEUE_TYPE", QUEUE_TYPES, defaults.queue_type),
             datasets=tuple(
                 entry.strip() for entry in (raw("DATASETS") or "").split(",") if entry.strip()
             ),
@@ -231,6 +239,14 @@ def _flag(value: str | None, name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"TENSORFLEET_{name}", value, "1 or 0 (true/false, yes/no, on/off)")
+
+
+def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value.lower() not in choices:
+        raise ConfigurationError(f"TENSORFLEET_{name}", value, " or ".join(choices))
+    return value.lower()
 
 
 def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) -> str:

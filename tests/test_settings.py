@@ -19,6 +19,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.batch_size == 1000
     assert settings.max_message_bytes < RABBITMQ_MAX_MESSAGE_BYTES
     assert settings.worker_id is None
+    assert settings.queue_type == "classic"
 
 
 def test_every_variable_is_read() -> None:
@@ -35,6 +36,7 @@ def test_every_variable_is_read() -> None:
             "TENSORFLEET_BATCH_TTL": "60",
             "TENSORFLEET_CONNECT_RETRIES": "0",
             "TENSORFLEET_WORKER_ID": "secure_worker",
+            "TENSORFLEET_QUEUE_TYPE": "Quorum",
         }
     )
     expected = {
@@ -49,6 +51,7 @@ def test_every_variable_is_read() -> None:
         "batch_ttl": 60,
         "connect_retries": 0,
         "worker_id": "secure_worker",
+        "queue_type": "quorum",
     }
     assert {name: getattr(settings, name) for name in expected} == expected
 
@@ -73,6 +76,7 @@ def test_empty_values_take_the_default() -> None:
         ("TENSORFLEET_BROKER_URL", "http://localhost"),
         ("TENSORFLEET_REDIS_URL", "localhost:6379"),
         ("TENSORFLEET_WORKER_ID", "bob smith"),
+        ("TENSORFLEET_QUEUE_TYPE", "stream"),
         ("TENSORFLEET_TLS_CA_FILE", "/no/such/ca.pem"),
         ("TENSORFLEET_TLS_CERT_FILE", "/no/such/client.pem"),
     ],

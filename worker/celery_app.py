@@ -59,6 +59,10 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_create_missing_queues=True,
+        # TENSORFLEET_QUEUE_TYPE: the worker's own queue is declared with this type
+        # (broker/topology.py worker_queue_arguments); quorum queues need no global QoS,
+        # which Celery detects (worker_detect_quorum_queues, on by default)
+        task_create_missing_queue_type=settings.queue_type,
         worker_prefetch_multiplier=settings.prefetch,
         worker_pool="solo",
         worker_concurrency=1,
