@@ -7,7 +7,9 @@ confusing failure deep inside pika or Celery later.
 
 Variables and defaults:
 
-- ``TENSORFLEET_BROKER_URL`` = ``amqp://guest:guest@localhost:5672//``: RabbitMQ, Celery URL form.
+- ``TENSORFLEET_BROKER_URL`` = ``amqp://guest:guest@localhost:5672//``: RabbitMQ, Celery URL form;
+  or several nodes of one cluster separated by ``;`` (Celery's failover form), which workers
+  try in turn (``broker_urls``). ``broker_url`` is the first; the pika client uses only it.
 - ``TENSORFLEET_REDIS_URL`` = ``redis://localhost:6379/0``: where workers keep their objects.
 - ``TENSORFLEET_TIMEOUT`` = ``30``: seconds a synchronising call waits for a worker.
 - ``TENSORFLEET_NAMESPACE`` = ``tensorfleet``: prefix of queue names and Redis keys, so fleets
@@ -81,6 +83,8 @@ class Settings:
     """Everything configurable about a TensorFleet process; see the module docstring."""
 
     broker_url: str = "amqp://guest:guest@localhost:5672//"
+    #: every URL of TENSORFLEET_BROKER_URL (nodes of one cluster, tried in turn); [0] is broker_url
+    broker_urls: tuple[str, ...] = ("amqp://guest:guest@localhost:5672//",)
     redis_url: str = "redis://localhost:6379/0"
     timeout: float = 30.0
     namespace: str = "tensorfleet"
@@ -115,10 +119,14 @@ class Settings:
             value = env.get(f"TENSORFLEET_{name}")
             return value.strip() if value is not None and value.strip() else None
 
+        broker_urls = tuple(
+            _url(url.strip(), "BROKER_URL", ("amqp", "amqps", "pyamqp"), defaults.broker_url)
+            for url in (raw("BROKER_URL") or defaults.broker_url).split(";")
+            if url.strip()
+        )
         return cls(
-            broker_url=_url(
-                raw("BROKER_URL"), "BROKER_URL", ("amqp", "amqps", "pyamqp"), defaults.broker_url
-            ),
+            broker_url=broker_urls[0],
+            broker_urls=broker_urls,
             redis_url=_url(
                 raw("REDIS_URL"), "REDIS_URL", ("redis", "rediss", "unix"), defaults.redis_url
             ),

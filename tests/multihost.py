@@ -18,7 +18,9 @@ host (namespace)   what runs there
 ``<worker id>``    one per data owner (and the aggregator): its own ``redis-server`` on the
                    host's IP, port 6379, AOF on (``appendfsync always``), and its
                    ``tensorfleet worker <id>`` (``worker.runner.start_worker_process`` under
-                   ``ip netns exec``), with ``TENSORFLEET_REDIS_URL`` its own Redis
+                   ``ip netns exec``), with ``TENSORFLEET_REDIS_URL`` its own Redis; the
+                   last worker gets ``TENSORFLEET_BROKER_URL`` as a list whose first URL
+                   has no broker (the client host), so it must fail over
 ``client``         nothing resident: :meth:`MultiHost.run_client` runs a client script there
 =================  ==========================================================================
 
@@ -47,7 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,11 +317,17 @@ class MultiHost:
         }
 
     def worker_env(self, worker_id: str) -> dict[str, str]:
-        return {
+        env = {
             **self.client_env(),
             "TENSORFLEET_REDIS_URL": self.redis_url(worker_id),
             "OMP_NUM_THREADS": "1",
         }
+        if worker_id == self.worker_ids[-1]:
+            # the last worker is given the broker as a list whose first node does not
+            # answer (nothing listens on the client host): it must fail over to the second
+            dead = f"amqp://guest:guest@{self.client.address}:{AMQP_PORT}//"
+            env["TENSORFLEET_BROKER_URL"] = f"{dead};{self.broker_url}"
+        return env
 
     # ------------------------------------------------------------------ faults
     def cut(self, worker_id: str) -> None:
@@ -353,12 +361,15 @@ class MultiHost:
             f"worker {worker_id} did not answer a ping by the deadline:\n{self.log_tail(worker_id)}"
         )
 
-    def run_client(self, script: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Run Python ``script`` on the client host with the fleet's client settings."""
+    def run_client(
+        self, script: str, timeout: float = 120.0, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run Python ``script`` on the client host with the fleet's client settings (+ ``env``)."""
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("TENSORFLEET_")},
             **self.client_env(),
             "PYTHONPATH": str(REPO),
+            **(env or {}),
         }
         return subprocess.run(
             [*self.client.wrap(), sys.executable, "-c", script],

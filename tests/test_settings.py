@@ -56,6 +56,17 @@ def test_every_variable_is_read() -> None:
     assert {name: getattr(settings, name) for name in expected} == expected
 
 
+def test_the_broker_may_be_a_list_of_urls() -> None:
+    settings = Settings.from_env(
+        {"TENSORFLEET_BROKER_URL": "amqp://u:p@rabbit-1:5672/vh; amqp://u:p@rabbit-2:5672/vh;"}
+    )
+    assert settings.broker_urls == ("amqp://u:p@rabbit-1:5672/vh", "amqp://u:p@rabbit-2:5672/vh")
+    assert settings.broker_url == "amqp://u:p@rabbit-1:5672/vh"
+    assert Settings.from_env({}).broker_urls == (Settings().broker_url,)
+    with pytest.raises(ConfigurationError, match="TENSORFLEET_BROKER_URL"):
+        Settings.from_env({"TENSORFLEET_BROKER_URL": "amqp://a//;http://b"})
+
+
 def test_empty_values_take_the_default() -> None:
     assert (
         Settings.from_env({"TENSORFLEET_TIMEOUT": " ", "TENSORFLEET_NAMESPACE": ""}) == Settings()

@@ -48,7 +48,8 @@ def make_app(settings: Settings) -> Celery:
     """The worker's Celery app, configured from ``settings``."""
     app = Celery("tensorfleet", set_as_current=False)
     app.conf.update(
-        broker_url=settings.broker_url,
+        # several URLs (TENSORFLEET_BROKER_URL="amqp://a//;amqp://b//"): kombu fails over
+        broker_url=list(settings.broker_urls),
         broker_connection_retry_on_startup=True,
         result_backend="rpc://",
         result_persistent=False,
