@@ -5,6 +5,7 @@ A TOML file (read with the standard library's ``tomllib``)::
     namespace = "tensorfleet"             # queue and key prefix (TENSORFLEET_NAMESPACE)
     vhost = "tensorfleet"                 # RabbitMQ virtual host; default: the namespace
     broker = "amqp://rabbitmq:5672"       # where parties reach RabbitMQ, without credentials
+                                          #   (or the nodes of a cluster: ["amqp://r1:5672", ...])
     redis = "redis://redis:6379/0"        # the Redis workers share unless they name their own
 
     [workers.bob]                         # a data owner's worker: its own Redis ACL user
@@ -85,11 +86,18 @@ class FleetSpec:
     workers: tuple[WorkerSpec, ...]
     clients: tuple[str, ...]
     tls: TlsSpec | None = None
+    #: the other nodes of a broker cluster, after ``broker_url`` (``broker = [...]``)
+    more_brokers: tuple[str, ...] = ()
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """Every broker node, ``broker_url`` first (parties try them in turn)."""
+        return (self.broker_url, *self.more_brokers)
 
     @property
     def hosts(self) -> tuple[str, ...]:
         """The host names of the broker and of every Redis (for a server certificate)."""
-        urls = [self.broker_url, *(worker.redis_url for worker in self.workers)]
+        urls = [*self.broker_urls, *(worker.redis_url for worker in self.workers)]
         return tuple(dict.fromkeys(urlsplit(url).hostname or "localhost" for url in urls))
 
     @property
@@ -131,13 +139,8 @@ class _Checker:
         vhost = self.text(data, "vhost", namespace)
         if not _VHOST.fullmatch(vhost):
             raise self.fail("vhost", "use letters, digits, '_', '.', '/' and '-' only")
-        broker = self.url(self.text(data, "broker", "amqp://localhost:5672"), "broker")
-        if _has_credentials(broker) or urlsplit(broker).path not in ("", "/"):
-            raise self.fail(
-                "broker",
-                "give only scheme, host and port (amqp://rabbitmq:5672): "
-                "provisioning adds each party's user and the vhost",
-            )
+        brokers = self.brokers(data)
+        broker = brokers[0]
         redis = self.redis_url(self.text(data, "redis", "redis://localhost:6379/0"), "redis")
         workers = tuple(
             WorkerSpec(name, *self.worker(name, options, redis))
@@ -153,7 +156,37 @@ class _Checker:
         if both:
             raise self.fail(both[0], "is named as a worker and as a client; give each its own")
         tls = self.tls(data, broker, workers)
-        return FleetSpec(namespace, vhost, broker.rstrip("/"), redis, workers, tuple(clients), tls)
+        return FleetSpec(
+            namespace,
+            vhost,
+            broker.rstrip("/"),
+            redis,
+            workers,
+            tuple(clients),
+            tls,
+            tuple(url.rstrip("/") for url in brokers[1:]),
+        )
+
+    def brokers(self, data: dict[str, Any]) -> list[str]:
+        """``broker``: one URL, or a list of a cluster's nodes (one scheme for all)."""
+        value = data.get("broker", "amqp://localhost:5672")
+        if isinstance(value, list):
+            if not value:
+                raise self.fail("broker", "expected a URL or a non-empty list of URLs")
+            urls = [self.text({"broker": item}, "broker", "") for item in value]
+        else:
+            urls = [self.text(data, "broker", "amqp://localhost:5672")]
+        for url in urls:
+            self.url(url, "broker")
+            if _has_credentials(url) or urlsplit(url).path not in ("", "/"):
+                raise self.fail(
+                    "broker",
+                    "give only scheme, host and port (amqp://rabbitmq:5672): "
+                    "provisioning adds each party's user and the vhost",
+                )
+        if len({urlsplit(url).scheme for url in urls}) > 1:
+            raise self.fail("broker", "use one scheme (amqp or amqps) for every node")
+        return urls
 
     def tls(
         self, data: dict[str, Any], broker: str, workers: tuple[WorkerSpec, ...]

@@ -204,7 +204,9 @@ def env_files(
             "(tensorfleet provision): keep it secret",
             f"TENSORFLEET_NAMESPACE={spec.namespace}",
             "TENSORFLEET_BROKER_URL="
-            + with_credentials(spec.broker_url, party.user, password, vhost_path),
+            + ";".join(  # a cluster's nodes: Celery's failover form
+                with_credentials(url, party.user, password, vhost_path) for url in spec.broker_urls
+            ),
         ]
         if party.kind == "worker":
             redis_url = with_credentials(
