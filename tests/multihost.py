@@ -181,6 +181,10 @@ def kill_namespace_processes(netns: str) -> None:
             return
 
 
+#: Erlang cookie of every node of a run's cluster (the nodes are the run's own, on its bridge).
+COOKIE = "TENSORFLEETMULTIHOSTTESTS"
+
+
 def start_rabbitmq(host: Host, folder: Path) -> tuple[RabbitNode, subprocess.Popen[bytes]]:
     """A RabbitMQ node on ``host`` listening on its IP; ready when ``rabbitmqctl wait`` returns.
 
@@ -188,7 +192,10 @@ def start_rabbitmq(host: Host, folder: Path) -> tuple[RabbitNode, subprocess.Pop
     epmd), so :attr:`RabbitNode.ctl` is not used; see :func:`rabbitmqctl`.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    name = "tfmultihost@localhost"
+    name = f"rabbit@{host.address}"  # a long name: other hosts' nodes reach it by its IP
+    cookie = folder / ".erlang.cookie"
+    cookie.write_text(COOKIE)
+    cookie.chmod(0o400)
     conf = folder / "rabbitmq.conf"
     conf.write_text(f"listeners.tcp.1 = {host.address}:{AMQP_PORT}\nloopback_users.guest = false\n")
     (folder / "enabled_plugins").write_text("[].\n")
@@ -197,6 +204,7 @@ def start_rabbitmq(host: Host, folder: Path) -> tuple[RabbitNode, subprocess.Pop
         **{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
         "HOME": str(folder),
         "RABBITMQ_NODENAME": name,
+        "RABBITMQ_USE_LONGNAME": "true",
         "RABBITMQ_NODE_PORT": str(AMQP_PORT),
         "RABBITMQ_DIST_PORT": "25672",
         "RABBITMQ_CONFIG_FILE": str(conf),
@@ -221,7 +229,7 @@ def start_rabbitmq(host: Host, folder: Path) -> tuple[RabbitNode, subprocess.Pop
 
 def rabbitmqctl(host: Host, node: RabbitNode, *args: str) -> str:
     done = subprocess.run(
-        [*host.wrap(), str(RABBITMQ_BIN / "rabbitmqctl"), "-q", "-n", node.name, *args],
+        [*host.wrap(), str(RABBITMQ_BIN / "rabbitmqctl"), "-q", "-l", "-n", node.name, *args],
         env=node.env,
         capture_output=True,
         text=True,
@@ -253,24 +261,46 @@ def start_redis(host: Host, folder: Path) -> subprocess.Popen[bytes]:
 class MultiHost:
     """A fleet spread over hosts: see the module docstring."""
 
-    def __init__(self, worker_ids: Sequence[str], timeout: float, root: Path) -> None:
+    def __init__(
+        self,
+        worker_ids: Sequence[str],
+        timeout: float,
+        root: Path,
+        brokers: int = 1,
+        queue_type: str = "classic",
+    ) -> None:
         self.worker_ids = tuple(worker_ids)
+        self.broker_count = brokers
+        self.queue_type = queue_type
+        self.brokers: list[Host] = []
+        self.rabbits: list[tuple[RabbitNode, subprocess.Popen[bytes]]] = []
         self.timeout = timeout
         self.root = root
         self.namespace = f"tfmh-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.network = Network()
         self.redis: dict[str, subprocess.Popen[bytes]] = {}
-        self.rabbit_process: subprocess.Popen[bytes] | None = None
         self.fleet: RunningFleet | None = None
         self._saved_env: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ set-up
     def start(self) -> None:
-        self.broker = self.network.add_host("broker")
+        names = (
+            ["broker"]
+            if self.broker_count == 1
+            else [f"broker{i}" for i in range(self.broker_count)]
+        )
+        self.brokers = [self.network.add_host(name) for name in names]
+        self.broker = self.brokers[-1]  # the node clients use
         self.client = self.network.add_host("client")
         for worker_id in self.worker_ids:
             self.network.add_host(worker_id)
-        self.rabbit, self.rabbit_process = start_rabbitmq(self.broker, self.root / "rabbitmq")
+        for host in self.brokers:
+            self.rabbits.append(start_rabbitmq(host, self.root / host.name))
+        first = self.rabbits[0][0]
+        for host, (node, _) in zip(self.brokers[1:], self.rabbits[1:], strict=True):
+            rabbitmqctl(host, node, "stop_app")
+            rabbitmqctl(host, node, "join_cluster", first.name)
+            rabbitmqctl(host, node, "start_app")
         for worker_id in self.worker_ids:
             self.redis[worker_id] = start_redis(self.host(worker_id), self.redis_dir(worker_id))
         self.fleet = RunningFleet(
@@ -295,7 +325,16 @@ class MultiHost:
 
     @property
     def broker_url(self) -> str:
-        return f"amqp://guest:guest@{self.broker.address}:{AMQP_PORT}//"
+        """The broker clients use (the last node of a cluster)."""
+        return self.node_url(self.broker)
+
+    @staticmethod
+    def node_url(host: Host) -> str:
+        return f"amqp://guest:guest@{host.address}:{AMQP_PORT}//"
+
+    def kill_broker(self, number: int) -> None:
+        """SIGKILL every process of broker host ``number`` (a node crash)."""
+        kill_namespace_processes(self.brokers[number].netns)
 
     def host(self, worker_id: str) -> Host:
         return self.network.hosts[worker_id]
@@ -312,6 +351,7 @@ class MultiHost:
             "TENSORFLEET_BROKER_URL": self.broker_url,
             "TENSORFLEET_NAMESPACE": self.namespace,
             "TENSORFLEET_TIMEOUT": f"{self.timeout:g}",
+            "TENSORFLEET_QUEUE_TYPE": self.queue_type,
             # a client never needs a store; this one names no server on 127.0.0.1
             "TENSORFLEET_REDIS_URL": f"redis://{self.broker.address}:1/0",
         }
@@ -322,7 +362,9 @@ class MultiHost:
             "TENSORFLEET_REDIS_URL": self.redis_url(worker_id),
             "OMP_NUM_THREADS": "1",
         }
-        if worker_id == self.worker_ids[-1]:
+        if self.broker_count > 1:  # every node of the cluster, in order: workers fail over
+            env["TENSORFLEET_BROKER_URL"] = ";".join(self.node_url(host) for host in self.brokers)
+        elif worker_id == self.worker_ids[-1]:
             # the last worker is given the broker as a list whose first node does not
             # answer (nothing listens on the client host): it must fail over to the second
             dead = f"amqp://guest:guest@{self.client.address}:{AMQP_PORT}//"
@@ -397,11 +439,12 @@ class MultiHost:
         for process in self.redis.values():
             with contextlib.suppress(Exception):
                 stop(process)
-        if self.rabbit_process is not None:
+        for host, (node, process) in zip(self.brokers, self.rabbits, strict=False):
+            if process.poll() is None:
+                with contextlib.suppress(Exception):
+                    rabbitmqctl(host, node, "stop")
             with contextlib.suppress(Exception):
-                rabbitmqctl(self.broker, self.rabbit, "stop")
-            with contextlib.suppress(Exception):
-                stop(self.rabbit_process)
+                stop(process)
         self.network.close()
         for name, value in self._saved_env.items():
             if value is None:
