@@ -41,6 +41,7 @@ def cluster(request: pytest.FixtureRequest) -> MultiHost:
     return running
 
 
+@pytest.mark.timeout(600)  # includes booting three nodes and joining them, on shared cores
 def test_workers_fail_over_when_a_node_dies(cluster: MultiHost, hook: Any) -> None:
     bob, alice = sy.FleetWorker(hook, id="bob"), sy.FleetWorker(hook, id="alice")
     local = torch.arange(8.0)
