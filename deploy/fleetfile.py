@@ -7,6 +7,7 @@ A TOML file (read with the standard library's ``tomllib``)::
     broker = "amqp://rabbitmq:5672"       # where parties reach RabbitMQ, without credentials
                                           #   (or the nodes of a cluster: ["amqp://r1:5672", ...])
     redis = "redis://redis:6379/0"        # the Redis workers share unless they name their own
+    queue_type = "classic"                # or "quorum" (TENSORFLEET_QUEUE_TYPE of every party)
 
     [workers.bob]                         # a data owner's worker: its own Redis ACL user
     [workers.alice]
@@ -34,6 +35,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from broker.errors import FleetFileError
+from broker.settings import QUEUE_TYPES
 from deploy.grants import PARTY_NAME
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -43,7 +45,7 @@ _REDIS_SCHEMES = ("redis", "rediss")
 #: names that the provisioned files use for parties that are not in the fleet file
 RESERVED_NAMES = frozenset({"operator", "default", "healthcheck"})
 
-_TOP_KEYS = {"namespace", "vhost", "broker", "redis", "workers", "clients", "tls"}
+_TOP_KEYS = {"namespace", "vhost", "broker", "redis", "queue_type", "workers", "clients", "tls"}
 _TLS_KEYS = {"ca_file", "cert_dir"}
 _WORKER_KEYS = {"redis"}
 _CLIENT_KEYS: set[str] = set()
@@ -88,6 +90,8 @@ class FleetSpec:
     tls: TlsSpec | None = None
     #: the other nodes of a broker cluster, after ``broker_url`` (``broker = [...]``)
     more_brokers: tuple[str, ...] = ()
+    #: TENSORFLEET_QUEUE_TYPE of every party, and the type of the worker queues declared
+    queue_type: str = "classic"
 
     @property
     def broker_urls(self) -> tuple[str, ...]:
@@ -141,6 +145,9 @@ class _Checker:
             raise self.fail("vhost", "use letters, digits, '_', '.', '/' and '-' only")
         brokers = self.brokers(data)
         broker = brokers[0]
+        queue_type = self.text(data, "queue_type", "classic")
+        if queue_type not in QUEUE_TYPES:
+            raise self.fail("queue_type", f"expected one of {', '.join(QUEUE_TYPES)}")
         redis = self.redis_url(self.text(data, "redis", "redis://localhost:6379/0"), "redis")
         workers = tuple(
             WorkerSpec(name, *self.worker(name, options, redis))
@@ -165,6 +172,7 @@ class _Checker:
             tuple(clients),
             tls,
             tuple(url.rstrip("/") for url in brokers[1:]),
+            queue_type,
         )
 
     def brokers(self, data: dict[str, Any]) -> list[str]:
