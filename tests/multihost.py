@@ -14,13 +14,18 @@ What it builds (``tf<tag>`` is random per run, so runs on one machine never meet
 host (namespace)   what runs there
 =================  ==========================================================================
 ``broker``         a private RabbitMQ node (its own epmd, database, cookie) listening on the
-                   host's IP, port 5672; ``guest`` may log in from other hosts
+                   host's IP, port 5672; ``guest`` may log in from other hosts. With
+                   ``brokers=3``: hosts ``broker0`` to ``broker2``, whose nodes
+                   (``rabbit@<ip>``, one cookie) join one cluster; clients use the last,
+                   workers get all of them as a ``;`` list (and fail over);
+                   :meth:`MultiHost.kill_broker` crashes one
 ``<worker id>``    one per data owner (and the aggregator): its own ``redis-server`` on the
                    host's IP, port 6379, AOF on (``appendfsync always``), and its
                    ``tensorfleet worker <id>`` (``worker.runner.start_worker_process`` under
                    ``ip netns exec``), with ``TENSORFLEET_REDIS_URL`` its own Redis; the
                    last worker gets ``TENSORFLEET_BROKER_URL`` as a list whose first URL
-                   has no broker (the client host), so it must fail over
+                   has no broker (the client host), so it must fail over (one broker);
+                   ``queue_type`` sets ``TENSORFLEET_QUEUE_TYPE`` for everyone
 ``client``         nothing resident: :meth:`MultiHost.run_client` runs a client script there
 =================  ==========================================================================
 
@@ -456,10 +461,12 @@ class MultiHost:
 
 
 @contextlib.contextmanager
-def multihost_fleet(worker_ids: Sequence[str], timeout: float = 5.0) -> Iterator[MultiHost]:
-    """A broker host, one host per worker id (Redis + worker), a client host; see the module doc."""
+def multihost_fleet(
+    worker_ids: Sequence[str], timeout: float = 5.0, brokers: int = 1, queue_type: str = "classic"
+) -> Iterator[MultiHost]:
+    """Broker host(s), one host per worker id (Redis + worker), a client host; see the module doc."""
     root = Path(tempfile.mkdtemp(prefix="tfmultihost-"))
-    hosts = MultiHost(worker_ids, timeout, root)
+    hosts = MultiHost(worker_ids, timeout, root, brokers=brokers, queue_type=queue_type)
     try:
         hosts.start()
         yield hosts
