@@ -464,7 +464,7 @@ class MultiHost:
 def multihost_fleet(
     worker_ids: Sequence[str], timeout: float = 5.0, brokers: int = 1, queue_type: str = "classic"
 ) -> Iterator[MultiHost]:
-    """Broker host(s), one host per worker id (Redis + worker), a client host; see the module doc."""
+    """Broker host(s), a host per worker id (Redis + worker), a client host: see the module doc."""
     root = Path(tempfile.mkdtemp(prefix="tfmultihost-"))
     hosts = MultiHost(worker_ids, timeout, root, brokers=brokers, queue_type=queue_type)
     try:
