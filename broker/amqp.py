@@ -35,6 +35,11 @@ CHUNK_HEADER = "x-tensorfleet-chunk"
 #: Task-message header saying a worker (not a client) sent it; Celery hands it to the
 #: task as ``request.tensorfleet_forward``.
 FORWARD_HEADER = "tensorfleet_forward"
+#: Task-message header saying a client sends a batch again (its reply was lost with a
+#: dropped connection): the worker looks the batch up before applying it, so a batch
+#: that ran already only has its replies sent again. Celery hands it to the task as
+#: ``request.tensorfleet_resend``.
+RESEND_HEADER = "tensorfleet_resend"
 #: Task messages are persistent (they survive a broker restart); replies are not.
 PERSISTENT = 2
 TRANSIENT = 1
@@ -147,6 +152,7 @@ def task_message(
     origin: str,
     chunk: Chunk | None = None,
     forward: bool = False,
+    resend: bool = False,
 ) -> tuple[dict[str, Any], bytes]:
     """Headers and msgpack payload of a Celery protocol-v2 ``tensorfleet.execute`` message.
 
@@ -158,7 +164,8 @@ def task_message(
     ``ignore_result`` is set: TensorFleet senders read replies from their own
     reply queue, so the worker publishes them itself and no result backend is
     involved. (A plain Celery caller leaves it unset and gets the reply as the
-    task's result.) ``forward`` marks a message one worker sends another.
+    task's result.) ``forward`` marks a message one worker sends another, ``resend`` a
+    batch a client sends again (:data:`RESEND_HEADER`).
     """
     pieces = body if isinstance(body, list) else [memoryview(body).cast("B")]
     size = sum(len(piece) for piece in pieces)
@@ -185,6 +192,8 @@ def task_message(
     }
     if forward:
         headers[FORWARD_HEADER] = True
+    if resend:
+        headers[RESEND_HEADER] = True
     kwargs = {} if chunk is None else {"chunk": chunk.to_wire()}
     # msgpack [[body], kwargs, embed], written around the body's pieces: one copy
     head = b"\x93\x91" + _bin_header(size)
@@ -209,6 +218,12 @@ def pika_url(url: str) -> str:
     vhost = unquote(parts.path[1:]) if parts.path else ""
     path = "/" + quote(vhost or "/", safe="")
     return urlunsplit((scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+def broker_user(url: str) -> str:
+    """The RabbitMQ user name in a broker URL (``guest`` when it names none, as kombu does)."""
+    username = urlsplit(url).username
+    return unquote(username) if username else "guest"
 
 
 def safe_url(url: str) -> str:

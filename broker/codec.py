@@ -4,8 +4,9 @@ Content type ``application/x-msgpack``. Values msgpack cannot carry travel as
 extension types with explicit codes (below); decoding refuses unknown codes, so a
 message can only ever produce plain data, tensors and the protocol's records.
 There is no pickle anywhere: a tensor is one safetensors buffer whose header
-metadata carries ``requires_grad``, whether it is a ``Parameter`` and whether a
-``grad`` travels with it. The same tensor encoding is what workers keep in Redis.
+metadata carries ``requires_grad``, whether it is a ``Parameter``, whether a
+``grad`` travels with it, and the tensor's ``tags`` and ``description`` if it has
+any. The same tensor encoding is what workers keep in Redis.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ def encode_tensor_parts(tensor: torch.Tensor, copy: bool = True) -> list[memoryv
     if data.dtype is torch.complex128:
         data = torch.view_as_real(data.resolve_conj())
         metadata["complex"] = "1"
+    extra = tensor.__dict__
+    if extra:  # PySyft's tags and description (t.tag(...), t.describe(...)) travel along
+        tags, description = extra.get("tags"), extra.get("description")
+        if tags:
+            metadata["tags"] = " ".join(sorted(str(tag) for tag in tags))
+        if description:
+            metadata["description"] = str(description)
     pieces = {"data": data}
     grad = tensor.grad if tensor.requires_grad and tensor.is_leaf else None
     if grad is not None:
@@ -334,6 +342,11 @@ def decode_tensor(buffer: Body, copy: bool = False) -> torch.Tensor:
         tensor.requires_grad_(True)
     if "grad" in header and requires_grad:
         tensor.grad = _entry(header, "grad", view, start, copy)
+    tags, description = metadata.get("tags"), metadata.get("description")
+    if tags and isinstance(tags, str):
+        tensor.tags = set(tags.split())  # type: ignore[attr-defined]
+    if description and isinstance(description, str):
+        tensor.description = description  # type: ignore[attr-defined]
     return tensor
 
 

@@ -147,6 +147,58 @@ class WorkerUnavailableError(TensorFleetError):
         )
 
 
+class WorkerNotRunningError(WorkerUnavailableError):
+    """A worker's queue exists but nothing consumes it: the worker process is not running."""
+
+    def __init__(self, worker: str, command: str) -> None:
+        self.worker = worker
+        TensorFleetError.__init__(
+            self,
+            f'Worker "{worker}" is not running, so "{command}" cannot be answered: its queue '
+            f"has no consumer. Start it with `tensorfleet worker {worker}` (or `tensorfleet up "
+            f"{worker}`); what was already sent waits in its queue and runs when it starts.",
+        )
+
+
+class WorkerNeverStartedError(WorkerUnavailableError):
+    """No queue exists for a worker id: no worker of that id ever started in this namespace."""
+
+    def __init__(self, worker: str, command: str) -> None:
+        self.worker = worker
+        TensorFleetError.__init__(
+            self,
+            f'Worker "{worker}" has never started in this fleet (no queue exists for it in '
+            f'TENSORFLEET_NAMESPACE), so "{command}" and the commands before it were not sent. '
+            f"Check the id, or start it with `tensorfleet worker {worker}` and try again.",
+        )
+
+
+class WorkerStoreUnavailableError(WorkerUnavailableError):
+    """A worker is running but its store (Redis) is down, so it stopped taking messages."""
+
+    def __init__(self, worker: str, command: str) -> None:
+        self.worker = worker
+        TensorFleetError.__init__(
+            self,
+            f'Worker "{worker}" cannot answer "{command}": the worker\'s store (Redis) is down, '
+            "so it stopped taking messages. Start that worker's Redis (or fix its "
+            "TENSORFLEET_REDIS_URL); what was sent waits in its queue and runs once Redis is "
+            "back, nothing is lost. Try the call again then.",
+        )
+
+
+class TransferIncompleteError(TensorFleetError):
+    """A move did not report done in time; the message says where the data is now."""
+
+    def __init__(self, obj_id: int, worker: str, destination: str, location: str) -> None:
+        super().__init__(
+            f'Moving object "{obj_id}" from worker "{worker}" to "{destination}" did not finish '
+            f"in time. Where it is now: {location}. The pointer was left pointing there; "
+            f"check {worker}._objects and {destination}._objects, start any worker that is "
+            "not running, and retry only what is missing."
+        )
+
+
 class BrokerConnectionError(TensorFleetError):
     """The client could not reach, or lost, the message broker."""
 
@@ -266,6 +318,17 @@ class GetNotPermittedError(TensorFleetError):
         )
 
 
+class DatasetNotFoundError(TensorFleetError):
+    """A search for one tensor of a hosted dataset found none, or more than one."""
+
+    def __init__(self, worker: str, query: str, found: int) -> None:
+        super().__init__(
+            f'Worker "{worker}" has {found} tensors tagged {query}, and a dataset share needs '
+            f"exactly one: check the tags with {worker}.search(...), and that {worker} hosts the "
+            "dataset (tensorfleet worker --dataset NAME=PATH, or VirtualWorker(..., data=[...]))."
+        )
+
+
 class RemoteExecutionError(TensorFleetError):
     """An error of a type the client does not know happened on a worker."""
 
@@ -288,6 +351,10 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         ContentDisallowedError,
         MessageTooLargeError,
         WorkerUnavailableError,
+        WorkerNotRunningError,
+        WorkerNeverStartedError,
+        WorkerStoreUnavailableError,
+        TransferIncompleteError,
         BrokerConnectionError,
         PlanNotBuiltError,
         ConfigurationError,
@@ -299,6 +366,7 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         QuotaExceededError,
         PermissionDeniedError,
         GetNotPermittedError,
+        DatasetNotFoundError,
         RemoteExecutionError,
     )
 }

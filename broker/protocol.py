@@ -35,8 +35,9 @@ count               [request]: reply with the number of stored objects
 clear               [request]: forget every object (no cascade)
 ping                [request]: reply ``True``; a health check
 search              [query, request]: reply ``[id, shape, dtype, requires_grad, tags,
-                    description]`` of every object the caller may use whose tags hold
-                    every query item (or whose id is one), for pointers (worker.datasets)
+                    description, private]`` of every object the caller may use whose tags
+                    hold every query item (or whose id is one), for pointers; ``private``:
+                    the operator hosts it, so it may be used, never taken (worker.datasets)
 forward_failed      [ids, error]: (worker to worker) the op forwarded under these ids
                     failed; mark the pointers to them failed too, and tell the hop before
 plan, run_plan      see worker/plans.py

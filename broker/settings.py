@@ -39,11 +39,17 @@ Variables and defaults:
   failed (so a later use of its result reports that error, not a missing object).
 - ``TENSORFLEET_TRANSFER_TTL`` = ``600``: seconds a worker keeps the parts of a chunked
   message whose last part has not arrived; the parts are then dropped.
-- ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts before a client gives up.
+- ``TENSORFLEET_CONNECT_RETRIES`` = ``5``: broker reconnect attempts a waiting call sits
+  through before it gives up with ``BrokerConnectionError`` (the client keeps reconnecting in
+  the background, with a backoff of at most 2 s, so the first call after the broker is back
+  succeeds).
 - ``TENSORFLEET_QUEUE_TYPE`` = ``classic``: RabbitMQ type of the worker queues, ``classic`` or
   ``quorum`` (replicated on a cluster, Raft); every party of a fleet must use the same, since
   RabbitMQ refuses to re-declare a queue with another type (see broker/topology.py).
 - ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
+- ``TENSORFLEET_WORKER_USER`` (unset): for clients, the RabbitMQ user the fleet's workers share
+  when they do not each have their own (``<ns>.worker.<id>``); replies published by it are
+  believed. Unset: the client's own user (every party shares one account, like ``guest``).
 - ``TENSORFLEET_DATASETS`` (unset): datasets a worker's operator hosts, ``NAME=PATH`` entries
   separated by ``,`` (safetensors files; ``tensorfleet worker --dataset`` sets it); see
   worker/datasets.py.
@@ -104,6 +110,7 @@ class Settings:
     connect_retries: int = 5
     queue_type: str = "classic"
     worker_id: str | None = None
+    worker_user: str | None = None
     datasets: tuple[str, ...] = ()
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
@@ -184,6 +191,7 @@ class Settings:
                 if raw("WORKER_ID") is None
                 else _name(raw("WORKER_ID"), "WORKER_ID", _WORKER_ID_PATTERN, "")
             ),
+            worker_user=raw("WORKER_USER"),
             tls_ca_file=_file(raw("TLS_CA_FILE"), "TLS_CA_FILE"),
             tls_cert_file=_file(raw("TLS_CERT_FILE"), "TLS_CERT_FILE"),
             tls_key_file=_file(raw("TLS_KEY_FILE"), "TLS_KEY_FILE", needs="TLS_CERT_FILE", env=env),

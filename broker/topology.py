@@ -8,8 +8,12 @@ name                                   what it is
 =====================================  ===============================================
 ``<ns>.worker.<id>``                   durable queue of worker ``<id>``: task messages
                                        (batches) from clients and other workers
-``<ns>.reply.<client>``                a client's reply queue; it outlives a dropped
-                                       connection and expires when unused
+``<ns>.reply.<user>.<suffix>``        a fleet client's reply queue: exclusive to its
+                                       connection, named after its RabbitMQ user
+``<ns>.reply.<client>``                a raw or test client's reply queue; it outlives a
+                                       dropped connection and expires when unused
+``<ns>.store-down.<id>``               exclusive marker queue worker ``<id>`` holds while
+                                       its store (Redis) is down and it is not consuming
 ``<ns>.dlx``                           durable fanout exchange for rejected messages
 ``<ns>.dead-letter``                   durable queue bound to it; each message carries
                                        :data:`REASON_HEADER` and :data:`ORIGIN_HEADER`
@@ -80,6 +84,34 @@ def namespace_from_queue(queue: str) -> str | None:
 def reply_queue(client_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The queue a client reads its replies from: ``tensorfleet.reply.<client_id>``."""
     return f"{_check('namespace', namespace)}.reply.{_check('client id', client_id)}"
+
+
+def client_reply_queue(user: str, suffix: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """A fleet client's exclusive reply queue: ``tensorfleet.reply.<user>.<suffix>``.
+
+    ``user`` is the client's RabbitMQ user, so least-privilege grants can give each
+    client ``<ns>.reply.<user>.*`` and nothing else to read (deploy/grants.py).
+    """
+    return f"{reply_queue(user, namespace)}.{_check('reply suffix', suffix)}"
+
+
+def worker_exchange(worker_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The direct exchange clients and workers publish to worker ``worker_id`` through.
+
+    Named like the worker's queue and declared by the worker (Celery declares it with
+    the queue); the routing key is the queue's name too.
+    """
+    return worker_queue(worker_id, namespace)
+
+
+def store_down_marker(worker_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The marker queue a worker holds (exclusively) while its store is down.
+
+    A client that finds no consumer on a worker's queue asks for this queue with a
+    passive declare: if it exists the worker runs but waits for Redis; if not, the
+    worker is not running. Being exclusive, it disappears with the worker's connection.
+    """
+    return f"{_check('namespace', namespace)}.store-down.{_check('worker id', worker_id)}"
 
 
 def control_exchange_prefix(namespace: str = DEFAULT_NAMESPACE) -> str:

@@ -2,7 +2,8 @@
 
 PySyft 0.2 monkeypatched every torch function. TensorFleet intercepts through
 ``__torch_function__`` on its pointer type instead, and attaches only this
-short, listed set: ``Tensor.send``, the ``nn.Module`` methods ``send``/``get``/
+short, listed set: ``Tensor.send``, ``Tensor.tag`` and ``Tensor.describe``
+(client/hosted.py), the ``nn.Module`` methods ``send``/``get``/
 ``copy``/``move``, and ``Dataset.federate``. Hooking twice changes nothing.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from client import hosted
 from client import pointer as pointer_module
 from client.workers import VirtualWorker, local_worker
 
@@ -33,6 +35,8 @@ def _install() -> None:
     from client import module as module_methods
 
     torch.Tensor.send = _tensor_send  # type: ignore[attr-defined]
+    torch.Tensor.tag = hosted.tag  # type: ignore[attr-defined]
+    torch.Tensor.describe = hosted.describe  # type: ignore[attr-defined]
     for name in ("send", "get", "copy", "move"):
         setattr(torch.nn.Module, name, getattr(module_methods, f"module_{name}"))
     try:

@@ -95,12 +95,15 @@ class InProcessTransport:
         self.reply_address = reply_address
         self._mailbox = hub.mailbox(reply_address)
 
-    def publish(self, worker_id: str, body: Body) -> None:
+    def publish(self, worker_id: str, body: Body, resend: bool = False) -> None:
         self.hub.deliver(worker_id, body, self.reply_address)
 
     def receive(self, timeout: float) -> Body | None:
         # everything runs synchronously: a reply is either here now or will never come
         return self._mailbox.popleft() if self._mailbox else None
+
+    def worker_state(self, worker_id: str, timeout: float, look_for_marker: bool = False) -> None:
+        return None  # in one process every worker serves: there is nothing to ask
 
     def close(self) -> None:
         self._mailbox.clear()

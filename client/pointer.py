@@ -75,6 +75,7 @@ class Pointer:
         "id_at_location",
         "location",
         "meta",
+        "moving_from",
         "owner",
         "point_to_attr",
         "ref",
@@ -105,6 +106,9 @@ class Pointer:
         #: for a pointer to a pointer: the worker ids the chain passes, first hop first (commands
         #: on it are forwarded along them); None for a pointer straight to data
         self.route = route
+        #: the worker a move that did not report done left from (client/locate.py), until
+        #: the pointer is known to point where the data is
+        self.moving_from: BaseWorker | None = None
 
     def __del__(self) -> None:
         if self.garbage_collect_data and self.point_to_attr is None:
@@ -431,6 +435,12 @@ class PointerTensor(torch.Tensor):
     """A tensor whose data lives on a worker (PySyft's ``(Wrapper)>[PointerTensor ...]``)."""
 
     child: Pointer
+    #: set on pointers ``worker.search`` returns: the object's tags and description (PySyft),
+    #: and whether the worker's operator hosts it privately (then it may be computed on, but
+    #: ``.get()``, ``.move()`` and ``.send()`` raise GetNotPermittedError)
+    tags: set[str] | None = None
+    description: str | None = None
+    private: bool = False
 
     @staticmethod
     def _wrap(pointer: Pointer) -> Any:

@@ -14,8 +14,15 @@ from typing import Any
 import torch
 
 from broker import codec, protocol
+from broker.errors import (
+    GetNotPermittedError,
+    ObjectNotFoundError,
+    TransferIncompleteError,
+    WorkerUnavailableError,
+)
 from broker.meta import Meta
 from broker.protocol import PointerRecord
+from client import locate
 from client.pointer import PointerTensor, make_pointer, new_id
 
 
@@ -49,6 +56,10 @@ def send_tensor(tensor: torch.Tensor, locations: Sequence[Any]) -> Any:
     obj_id = new_id()
     location._enqueue([protocol.STORE, obj_id, codec.tensor_ext(tensor), None])
     pointer = make_pointer(location, obj_id, local_meta(tensor))
+    extra = tensor.__dict__
+    if extra:  # tags and description are copied to the pointer (and stored with the object)
+        pointer.tags = set(extra["tags"]) if extra.get("tags") else None
+        pointer.description = extra.get("description")
     if tensor.requires_grad and tensor.is_leaf and tensor.grad is None:
         pointer.child.grad_cleared_epoch = location.backward_epoch
     return pointer
@@ -60,6 +71,8 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
         raise NotImplementedError("A pointer can be sent onward to one worker at a time.")
     location = _check_worker(locations[0])
     pointer = wrapper.child
+    if wrapper.private:  # hosted data: its worker refuses get and move; sending it on is no other
+        raise GetNotPermittedError(pointer.id_at_location, pointer.location.id)
     if pointer.point_to_attr is not None:
         raise ValueError(f"{pointer!r} points at an attribute; send .clone() of it instead")
     _check_same_fleet(pointer.location, location)
@@ -81,7 +94,20 @@ def send_pointer(wrapper: PointerTensor, locations: Sequence[Any]) -> Any:
 def get_pointer(wrapper: PointerTensor) -> Any:
     """``ptr.get()``: the object comes here and the worker forgets it."""
     pointer = wrapper.child
-    payload = pointer.location._request([protocol.GET, pointer.ref, None], "get")
+    try:
+        payload = pointer.location._request([protocol.GET, pointer.ref, None], "get")
+    except ObjectNotFoundError:
+        source = pointer.moving_from
+        if source is None:
+            raise
+        # a move that did not report done led here: say what became of the data
+        _, problem = locate.after_move(source, pointer.location, pointer.id_at_location)
+        if problem is None:
+            raise
+        raise TransferIncompleteError(
+            pointer.id_at_location, source.id, pointer.location.id, problem
+        ) from None
+    pointer.moving_from = None
     if pointer.point_to_attr is not None:
         return payload
     pointer.garbage_collect_data = False
@@ -109,14 +135,33 @@ def move_pointer(wrapper: PointerTensor, destination: Any) -> Any:
     if pointer.point_to_attr is not None:
         raise ValueError(f"{pointer!r} points at an attribute; move the tensor itself")
     _check_same_fleet(pointer.location, destination)
-    pointer.location._request(
-        [protocol.SEND_TO, pointer.id_at_location, destination.id, pointer.id_at_location, None],
-        f"move to {destination.id}",
-    )
-    pointer.location = destination
-    if pointer.route is not None:
-        pointer.route = (destination.id, *pointer.route[1:])
+    source, obj_id = pointer.location, pointer.id_at_location
+    try:
+        # the destination answers a move: a silent destination fails it fast too
+        source._request(
+            [protocol.SEND_TO, obj_id, destination.id, obj_id, None],
+            f"move to {destination.id}",
+            watch=(destination.id,),
+        )
+    except WorkerUnavailableError:
+        # no answer: ask both workers where the data is, point there, and say so
+        where, problem = locate.after_move(source, destination, obj_id)
+        _point(pointer, where)
+        pointer.moving_from = source if problem is not None and where is destination else None
+        if problem is not None:
+            raise TransferIncompleteError(obj_id, source.id, destination.id, problem) from None
+        return wrapper
+    _point(pointer, destination)
     return wrapper
+
+
+def _point(pointer: Any, location: Any) -> None:
+    """Make ``pointer`` (a one-hop pointer, or the first hop of a chain) point at ``location``."""
+    if location is pointer.location:
+        return
+    pointer.location = location
+    if pointer.route is not None:
+        pointer.route = (location.id, *pointer.route[1:])
 
 
 def remote_get_pointer(wrapper: PointerTensor) -> Any:

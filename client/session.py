@@ -41,11 +41,31 @@ from collections.abc import Callable
 from typing import Any
 
 from broker import codec, protocol
-from broker.errors import WorkerUnavailableError, error_from_wire
+from broker.errors import (
+    WorkerNeverStartedError,
+    WorkerNotRunningError,
+    WorkerStoreUnavailableError,
+    WorkerUnavailableError,
+    error_from_wire,
+)
 from client.transport import Transport
 
 #: commands waiting in a session before it flushes by itself
 DEFAULT_BATCH_SIZE = 1000
+#: seconds a synchronising call waits for its reply before it asks the broker whether
+#: anybody serves the worker (an answer usually takes milliseconds)
+PROBE_AFTER = 0.2
+#: seconds between such questions while the reply is still missing
+PROBE_EVERY = 1.0
+
+
+def _is_store_notice(payload: Any) -> bool:
+    """Whether an error reply is a worker's "my store is down, your message waits" notice."""
+    return (
+        isinstance(payload, dict)
+        and payload.get("type") == "StoreUnavailableError"
+        and payload.get("command") == "store"
+    )
 
 
 class Session:
@@ -69,6 +89,17 @@ class Session:
         self._batches = itertools.count(random.getrandbits(40))
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._errors: list[Exception] = []
+        #: batches sent again because the transport reconnected while a call waited
+        self.resent_batches = 0
+        #: the batches a request's flush sent, per worker (kept while ``_keep_sent``)
+        self._sent: dict[str, codec.Body] = {}
+        self._keep_sent = False
+        #: request ids whose caller stopped waiting: their late replies are dropped
+        self._abandoned: set[int] = set()
+        #: workers that could not answer last time: asked about before the next request
+        self._suspects: set[str] = set()
+        #: workers that said their store is down (worker/runtime.py), until they answer
+        self._store_notices: set[str] = set()
         #: chains that forwarded commands since the last synchronising call (worker id paths)
         self._routes: deque[tuple[str, ...]] = deque()
         #: worker id -> client-side handle, so pointers that arrive by id find their worker
@@ -151,20 +182,41 @@ class Session:
                 )
             )
             self.transport.publish(worker_id, body)
+            if self._keep_sent:
+                self._sent[worker_id] = body
 
     # ------------------------------------------------------------------ requests
-    def request(self, worker_id: str, command: list[Any], label: str) -> Any:
+    def request(
+        self,
+        worker_id: str,
+        command: list[Any],
+        label: str,
+        watch: tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> Any:
         """Send ``command`` (its last field, the request id, is filled in) and wait for the answer.
 
         Errors of earlier pipelined commands are raised first, with their original type.
+        ``watch`` names more workers the answer depends on (a move's destination
+        answers it); ``timeout`` shortens the wait (``repr`` of a worker).
         """
         if self._routes:
             self._barrier()
+        for suspect in (worker_id, *watch):
+            if suspect in self._suspects:  # it failed last time: ask before sending anything
+                self._check_worker(suspect, label, time.monotonic() + self.timeout)
         request_id = next(self._requests)
         command[-1] = request_id
-        self.enqueue(worker_id, command)
-        self.flush()
-        return self.wait(request_id, worker_id, label)
+        with self._flush_lock:  # keep the batch the request goes in, to send it again
+            self._keep_sent = True
+            try:
+                self.enqueue(worker_id, command)
+                self._flush_locked()
+                sent = self._sent.get(worker_id)
+            finally:
+                self._keep_sent = False
+                self._sent.clear()
+        return self.wait(request_id, worker_id, label, watch, timeout, sent)
 
     def _barrier(self) -> None:
         """Wait until work forwarded along pointer chains has landed at every hop.
@@ -187,19 +239,106 @@ class Session:
             for request_id, worker_id in pending:
                 self.wait(request_id, worker_id, "ping (waiting for a pointer chain)")
 
-    def wait(self, request_id: int, worker_id: str, label: str) -> Any:
-        """Wait for the reply to ``request_id``; WorkerUnavailableError after the timeout."""
-        deadline = time.monotonic() + self.timeout
-        while request_id not in self._replies:
-            body = self.transport.receive(max(deadline - time.monotonic(), 0.0))
-            if body is None:
-                raise WorkerUnavailableError(worker_id, label, self.timeout)
-            self._dispatch(body)
+    def wait(
+        self,
+        request_id: int,
+        worker_id: str,
+        label: str,
+        watch: tuple[str, ...] = (),
+        timeout: float | None = None,
+        sent: codec.Body | None = None,
+    ) -> Any:
+        """Wait for the reply to ``request_id``.
+
+        ``sent`` is the batch the request went in: if the transport reconnects meanwhile
+        (a dropped connection takes the exclusive reply queue, and any reply in it, along)
+        the batch is sent again, marked as a resend, and the worker replays its replies
+        if it ran it already.
+
+        A reply that is not there after :data:`PROBE_AFTER` seconds makes the client
+        ask the broker whether anybody serves the workers the answer depends on, and
+        fail at once with the matching :class:`~broker.errors.WorkerUnavailableError`
+        (never started, not running, store down) instead of waiting out the timeout;
+        after ``timeout`` (default ``TENSORFLEET_TIMEOUT``) it is WorkerUnavailableError.
+        A reply that arrives after its caller gave up is dropped.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        next_probe = started + min(PROBE_AFTER, timeout)
+        workers = (worker_id, *watch)
+        generation = getattr(self.transport, "generation", 0)
+        resent = False
+        try:
+            while request_id not in self._replies:
+                if sent is not None and getattr(self.transport, "generation", 0) != generation:
+                    generation = self.transport.generation  # type: ignore[attr-defined]
+                    self.transport.publish(worker_id, sent, resend=True)
+                    self.resent_batches += 1
+                    resent = True
+                now = time.monotonic()
+                try:
+                    body = self.transport.receive(max(min(deadline, next_probe) - now, 0.0))
+                except WorkerUnavailableError as error:  # a batch reached no worker queue
+                    self._undelivered(error, workers, label)
+                    continue
+                if body is not None:
+                    self._dispatch(body)
+                    if self._store_notices & set(workers):
+                        next_probe = 0.0  # ask now: is that store still down?
+                    continue
+                now = time.monotonic()
+                if now >= deadline:
+                    self._suspects.update(workers)
+                    raise WorkerUnavailableError(worker_id, label, timeout)
+                if now >= next_probe:
+                    for watched in workers:
+                        self._check_worker(watched, label, deadline)
+                    next_probe = time.monotonic() + PROBE_EVERY
+        except BaseException:
+            self._abandoned.add(request_id)
+            raise
         ok, payload = self._replies.pop(request_id)
+        if resent:
+            self._abandoned.add(request_id)  # a second reply may come: nobody reads it
+        self._suspects.difference_update(workers)
+        self._store_notices.difference_update(workers)
         self.raise_pending_errors()
         if not ok:
             raise error_from_wire(payload)
         return payload
+
+    def _check_worker(self, worker_id: str, label: str, deadline: float) -> None:
+        """Raise the WorkerUnavailableError that says why ``worker_id`` cannot answer, if it can't.
+
+        No consumer right after this client reconnected is not an answer yet: after a
+        broker restart, workers reconnect on their own schedule, and the message waits
+        in the worker's durable queue meanwhile.
+        """
+        state = self.transport.worker_state(
+            worker_id, max(deadline - time.monotonic(), 1.0), worker_id in self._store_notices
+        )
+        if state is None or state.serving:
+            return
+        self._suspects.add(worker_id)
+        if not state.exists:
+            raise WorkerNeverStartedError(worker_id, label)
+        if state.store_down or (state.consumers == 0 and worker_id in self._store_notices):
+            raise WorkerStoreUnavailableError(worker_id, label)
+        reconnected = getattr(self.transport, "reconnected_at", None)
+        if reconnected is not None and time.monotonic() - reconnected < self.timeout:
+            return
+        raise WorkerNotRunningError(worker_id, label)
+
+    def _undelivered(
+        self, error: WorkerUnavailableError, workers: tuple[str, ...], label: str
+    ) -> None:
+        """A batch for a worker that does not exist was not sent: raise now, or at the next call."""
+        worker_id = getattr(error, "worker", None)
+        if worker_id in workers:
+            self._suspects.add(str(worker_id))
+            raise WorkerNeverStartedError(str(worker_id), label)
+        self._errors.append(error)
 
     def raise_pending_errors(self) -> None:
         """Raise the first error a pipelined command reported (and forget the rest of the burst)."""
@@ -215,8 +354,18 @@ class Session:
         message = codec.decode(body)
         for request_id, ok, payload in message.get("replies", ()):
             if request_id is None:
-                if not ok:
-                    self._errors.append(error_from_wire(payload))
+                if ok:
+                    continue
+                if _is_store_notice(payload):
+                    # the worker put our message back and stopped taking messages until
+                    # its Redis answers: nothing failed, so it is not an error of ours
+                    worker_id = str(payload.get("worker") or "")
+                    self._store_notices.add(worker_id)
+                    self._suspects.add(worker_id)  # ask before sending it anything more
+                    continue
+                self._errors.append(error_from_wire(payload))
+            elif request_id in self._abandoned:
+                self._abandoned.discard(request_id)  # its caller gave up: nobody reads it
             else:
                 self._replies[request_id] = (ok, payload)
 

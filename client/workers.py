@@ -9,10 +9,11 @@ store, as in PySyft.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, ClassVar
 
 from broker import protocol
-from broker.errors import TensorFleetError
+from broker.errors import TensorFleetError, WorkerUnavailableError
 from broker.protocol import PointerRecord
 from client.session import Session
 
@@ -90,8 +91,14 @@ class BaseWorker:
     def _finalize_delete(self, obj_id: int, route: tuple[str, ...] | None = None) -> None:
         self.session.enqueue_from_finalizer(self.id, (protocol.DELETE, obj_id), route)
 
-    def _request(self, command: list[Any], label: str) -> Any:
-        return self.session.request(self.id, command, label)
+    def _request(
+        self,
+        command: list[Any],
+        label: str,
+        watch: tuple[str, ...] = (),
+        timeout: float | None = None,
+    ) -> Any:
+        return self.session.request(self.id, command, label, watch, timeout)
 
     # -- what users call ---------------------------------------------------------------------
     @property
@@ -103,25 +110,42 @@ class BaseWorker:
             for key, value in objects.items()
         }
 
-    def object_count(self) -> int:
-        """How many objects the worker holds."""
-        return int(self._request([protocol.COUNT, None], "count"))
+    def object_count(self, timeout: float | None = None) -> int:
+        """How many objects the worker holds (``timeout``: wait at most this long)."""
+        return int(self._request([protocol.COUNT, None], "count", timeout=timeout))
 
     def clear_objects(self, return_self: bool = True) -> BaseWorker | None:
         """Forget every object on the worker (pointers to them dangle); returns the worker."""
         self._request([protocol.CLEAR, None], "clear_objects")
         return self if return_self else None
 
+    def search(self, *query: Any) -> list[Any]:
+        """``bob.search("#digits", "#data")``: pointers to the objects whose tags hold every item.
+
+        An int in the query names an object id. Only objects the caller may use are
+        found: its own, and data the worker's operator hosts (``ptr.private``: compute on
+        it, fetch results, never ``.get()``/``.move()``/``.send()`` it). The pointers have
+        garbage collection off, so dropping one never deletes the data (client/hosted.py).
+        """
+        from client.hosted import search
+
+        return search(self, query)
+
     def synchronize(self) -> None:
         """Wait until the worker has run every command sent so far (raises their errors)."""
         self.session.synchronize(self.id)
+
+    def wait_ready(self, timeout: float | None = None) -> BaseWorker:
+        """Return the worker once it answers; an in-process worker always does."""
+        self.synchronize()
+        return self
 
     def __getitem__(self, obj_id: int) -> Any:
         return self._objects.get(obj_id)
 
     def __repr__(self) -> str:
         try:
-            count: Any = self.object_count()
+            count: Any = self.object_count(timeout=REPR_TIMEOUT)
         except TensorFleetError:  # a repr must not raise: an unreachable worker shows as '?'
             count = "?"
         return f"<{type(self).__name__} id:{self.id} #objects:{count}>"
@@ -129,12 +153,43 @@ class BaseWorker:
     __str__ = __repr__
 
 
+#: the longest ``repr(worker)`` waits for the worker's object count before showing '?'
+REPR_TIMEOUT = 1.0
+
 _in_process_session: Session | None = None
 _fleet_session: Session | None = None
 
 
 class VirtualWorker(BaseWorker):
-    """A worker in this process: the same engine as the fleet, no servers."""
+    """A worker in this process: the same engine as the fleet, no servers.
+
+    ``data=[tensors]`` hosts tensors as the worker operator's private data, as
+    ``tensorfleet worker --dataset`` does on a fleet (see :meth:`load_data`).
+    """
+
+    def __init__(self, hook: Any = None, id: str = "", data: Any = None, **options: Any) -> None:
+        super().__init__(hook, id, **options)
+        if data is not None:
+            self.load_data(data)
+
+    def load_data(self, data: Any) -> list[int]:
+        """Host ``data`` (local tensors, with their ``.tag()``s and ``.describe()``) privately.
+
+        The worker keeps a copy of each, owned by its operator: found with ``search``,
+        usable by every client, never fetched, moved or sent. A tensor is kept under
+        ``t.id`` (set here when it has none), so hosting it again replaces it. Returns
+        the ids, in order.
+        """
+        from client.hosted import hosted_tensors
+        from client.inprocess import InProcessTransport
+
+        transport = self.session.transport
+        assert isinstance(transport, InProcessTransport)
+        engine = transport.hub.engine(self.id)
+        hosted = hosted_tensors(data)
+        for tensor in hosted:
+            engine.host(tensor)
+        return [tensor.obj_id for tensor in hosted]
 
     @classmethod
     def _session(cls) -> Session:
@@ -180,8 +235,35 @@ class FleetWorker(BaseWorker):
                     flush_interval=settings.flush_interval,
                 )
                 session.worker_factory = lambda worker_id: FleetWorker(None, id=worker_id)
+                # replies are believed only from workers this session talks to
+                transport.expected_workers = session.workers.__contains__
                 _fleet_session = session
             return _fleet_session
+
+    def wait_ready(self, timeout: float | None = None) -> FleetWorker:
+        """Return once this worker consumes its queue and answers a ping; returns the worker.
+
+        Asks RabbitMQ for the queue's consumers (a passive declare: nothing is sent to a
+        worker that is not there), with a bounded backoff between questions, then pings.
+        After ``timeout`` (default ``TENSORFLEET_TIMEOUT``) it raises the
+        WorkerUnavailableError that says why: never started, not running, store down.
+        """
+        from broker.backoff import Backoff
+
+        timeout = self.session.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        backoff = Backoff(maximum=0.5)
+        transport = self.session.transport
+        while True:
+            left = deadline - time.monotonic()
+            state = transport.worker_state(self.id, max(left, 1.0))
+            if state is None or state.serving:
+                self.session.request(self.id, [protocol.PING, None], "ping", timeout=max(left, 1.0))
+                return self
+            if left <= 0:
+                self.session._check_worker(self.id, "wait_ready", deadline)
+                raise WorkerUnavailableError(self.id, "wait_ready", timeout)
+            time.sleep(min(backoff.next_delay(), max(left, 0.0)))
 
 
 def local_worker() -> VirtualWorker:

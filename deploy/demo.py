@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from broker.errors import TensorFleetError
-from client.federated.dataset import federate
+from client.federated.dataset import FederatedDataset, federate
 from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
 from deploy import mnist
@@ -68,6 +69,9 @@ class DemoConfig:
     mnist: Path | None = None
     #: cap on training samples (MNIST is large; None keeps every sample)
     max_train: int | None = None
+    #: the owners host their shares (written as safetensors files, loaded by the workers)
+    #: and the client finds them by tag instead of sending them (``--hosted``)
+    hosted: bool = False
 
 
 @dataclass
@@ -142,6 +146,47 @@ def _split(x: torch.Tensor, y: torch.Tensor, config: DemoConfig, name: str) -> S
     return Split(train_x, train_y, x[:test], y[:test], name)
 
 
+def load_split(config: DemoConfig) -> Split:
+    """The run's data: MNIST with ``--mnist``, else digits."""
+    return load_mnist_split(config) if config.mnist is not None else load_digits_split(config)
+
+
+def dataset_name(split: Split) -> str:
+    """The hosted dataset's name, hence its tag: ``digits`` (``#digits``) or ``mnist``."""
+    return split.name.lower()
+
+
+def owner_shares(
+    split: Split, owner_ids: Sequence[str]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each owner's contiguous share of the training set, cut as ``federate`` cuts it."""
+    chunk = -(-len(split.train_x) // len(owner_ids))
+    return {
+        owner: (split.train_x[start : start + chunk], split.train_y[start : start + chunk])
+        for owner, start in zip(owner_ids, range(0, len(split.train_x), chunk), strict=False)
+    }
+
+
+def write_owner_files(split: Split, owner_ids: Sequence[str], directory: Path) -> dict[str, Path]:
+    """One safetensors file per owner holding its share (``data``, ``target``): owner -> path.
+
+    What an owner's operator would load with ``tensorfleet worker <owner> --dataset
+    digits=PATH``: the worker tags the tensors ``#digits`` and ``#data``/``#target``.
+    """
+    from safetensors.torch import save_file
+
+    files = {}
+    for owner, (data, target) in owner_shares(split, owner_ids).items():
+        path = directory / f"{owner}-{dataset_name(split)}.safetensors"
+        save_file(
+            {"data": data.contiguous(), "target": target.contiguous()},
+            str(path),
+            metadata={"description": f"{owner}'s share of {split.name} ({len(data)} samples)"},
+        )
+        files[owner] = path
+    return files
+
+
 # ---------------------------------------------------------------------------------- model
 
 
@@ -176,7 +221,7 @@ def run_demo(
     raises (an error, or Ctrl-C, which stops the run at the next batch, saying so
     through ``announce``, default ``echo``); nothing else on the workers is touched.
     """
-    split = load_mnist_split(config) if config.mnist is not None else load_digits_split(config)
+    split = load_split(config)
     workers = [*owners, aggregator]
     with stop_between_steps(announce or echo) as stop:
         try:
@@ -226,12 +271,22 @@ def _train(
     training = LocalTraining(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr)
     result = DemoResult(train_samples=len(split.train_x), test_samples=len(split.test_x))
 
-    echo(
-        f"{split.name}: {len(split.train_x)} training samples federated over "
-        f"{', '.join(owner.id for owner in owners)}; {len(split.test_x)} held out for testing; "
-        f"averaging on {aggregator.id}"
-    )
-    dataset = federate(TensorDataset(split.train_x, split.train_y), owners)
+    if config.hosted:
+        # the owners host their shares: the client finds them by tag and never holds them
+        tag = f"#{dataset_name(split)}"
+        dataset = FederatedDataset.from_search(owners, tag)
+        echo(
+            f"{split.name}: {len(dataset)} training samples hosted by "
+            f"{', '.join(owner.id for owner in owners)}, found with search({tag!r}); "
+            f"{len(split.test_x)} held out for testing; averaging on {aggregator.id}"
+        )
+    else:
+        echo(
+            f"{split.name}: {len(split.train_x)} training samples federated over "
+            f"{', '.join(owner.id for owner in owners)}; {len(split.test_x)} held out for "
+            f"testing; averaging on {aggregator.id}"
+        )
+        dataset = federate(TensorDataset(split.train_x, split.train_y), owners)
     strategy = FedAvg(
         aggregator, training, generator=torch.Generator().manual_seed(config.seed + 1)
     )
@@ -360,9 +415,19 @@ def write_plot(result: DemoResult, path: Path, title: str) -> None:
 
 @contextlib.contextmanager
 def demo_workers(
-    fleet: bool, owner_ids: Sequence[str], announce: Callable[[str], None]
+    fleet: bool,
+    owner_ids: Sequence[str],
+    announce: Callable[[str], None],
+    hosted: Mapping[str, Path] | None = None,
+    dataset: str = "digits",
 ) -> Iterator[tuple[list[Any], Any]]:
     """(data owners, aggregator): in-process, or the running fleet's, or a private fleet's.
+
+    With ``hosted`` (owner id -> safetensors file of its share), each owner hosts its
+    share as its operator's private data named ``dataset``: in-process through
+    ``VirtualWorker(..., data=[...])``; on a fleet, the running fleet's workers if they
+    all serve and every owner already hosts ``#dataset`` (``tensorfleet worker
+    --dataset``), else a private fleet whose owners load the files with ``--dataset``.
 
     No worker is cleared: the run deletes what it makes (:func:`run_demo`), and a
     private fleet is deleted as a whole afterwards.
@@ -372,12 +437,48 @@ def demo_workers(
     hook = sy.TorchHook(torch)
     ids = [*owner_ids, AGGREGATOR]
     context: contextlib.AbstractContextManager[list[Any]]
-    if fleet:
+    if fleet and hosted is not None:
+        from deploy.fleet_launch import private_fleet, serving_workers
+
+        running = serving_workers(ids, hook)
+        if running is not None and all(
+            len(owner.search(f"#{dataset}", tag)) == 1
+            for owner in running[:-1]
+            for tag in ("#data", "#target")
+        ):
+            from broker.settings import get_settings
+
+            announce(
+                f"--hosted: using the running fleet (namespace {get_settings().namespace}), "
+                f"whose owners {', '.join(owner_ids)} host #{dataset}: their own shares are "
+                "used, not the demo's files"
+            )
+            context = contextlib.nullcontext(running)
+        else:
+            why = (
+                f"not every one of {', '.join(ids)} serves"
+                if running is None
+                else f"the running fleet's owners do not all host #{dataset}"
+            )
+            announce(
+                f"--hosted: the owners load their shares when they start (--dataset), and {why}, "
+                "so the demo starts a private fleet"
+            )
+            options = {owner: [f"{dataset}={path}"] for owner, path in hosted.items()}
+            context = private_fleet(ids, hook, announce, datasets=options)
+    elif fleet:
         from deploy.fleet_launch import fleet_workers
 
         context = fleet_workers(ids, hook, announce)
     else:
-        context = contextlib.nullcontext([sy.VirtualWorker(hook, id=i) for i in ids])
+        from client.hosted import dataset_tensors
+
+        workers = []
+        for worker_id in ids:
+            path = (hosted or {}).get(worker_id)
+            data = None if path is None else dataset_tensors(worker_id, dataset, path)
+            workers.append(sy.VirtualWorker(hook, id=worker_id, data=data))
+        context = contextlib.nullcontext(workers)
     with context as workers:
         yield workers[:-1], workers[-1]
 
@@ -458,6 +559,13 @@ def demo_workers(
     show_default=True,
     help=f"Comma-separated data-owner worker ids (distinct, not {AGGREGATOR}).",
 )
+@click.option(
+    "--hosted",
+    is_flag=True,
+    help="The owners host their shares as private data (safetensors files the demo writes, "
+    "loaded by the workers: data= in-process, --dataset on a private fleet) and the client "
+    "finds them by tag and trains on them without ever holding them.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of progress bars.")
 def demo(
     rounds: int,
@@ -471,6 +579,7 @@ def demo(
     mnist: Path | None,
     max_train: int | None,
     owners: tuple[str, ...],
+    hosted: bool,
     no_progress: bool,
 ) -> None:
     """Federated averaging across three data owners, beside a centralized baseline."""
@@ -485,13 +594,23 @@ def demo(
         seed=seed,
         mnist=mnist,
         max_train=max_train,
+        hosted=hosted,
     )
     kind = "fleet workers (RabbitMQ -> Celery -> Redis)" if fleet else "in-process workers"
-    click.echo(f"TensorFleet demo on {kind}")
-    with demo_workers(fleet, owners, lambda line: click.echo(line, err=True)) as (
-        data_owners,
-        aggregator,
-    ):
+    click.echo(f"TensorFleet demo on {kind}{', owners hosting their data' if hosted else ''}")
+    with contextlib.ExitStack() as stack:
+        files: dict[str, Path] | None = None
+        name = "digits"
+        if hosted:  # what each owner's operator has on disk before its worker starts
+            split = load_split(config)
+            name = dataset_name(split)
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tf-hosted-")))
+            files = write_owner_files(split, owners, directory)
+        data_owners, aggregator = stack.enter_context(
+            demo_workers(
+                fleet, owners, lambda line: click.echo(line, err=True), hosted=files, dataset=name
+            )
+        )
         run_demo(
             config,
             data_owners,

@@ -71,17 +71,25 @@ def fleet_workers(
         yield private
 
 
+def serving_workers(worker_ids: Sequence[str], hook: Any) -> list[Any] | None:
+    """``FleetWorker`` handles of the running fleet if all of ``worker_ids`` serve, else None."""
+    workers = _handles(worker_ids, hook)
+    return None if _not_serving(workers, get_settings()) else workers
+
+
 @contextlib.contextmanager
 def private_fleet(
     worker_ids: Sequence[str],
     hook: Any,
     announce: Announce = _quiet,
     worker_env: Mapping[str, Mapping[str, str]] | None = None,
+    datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[list[Any]]:
     """Run ``worker_ids`` in a fresh namespace for the duration; stop and purge them after.
 
     ``worker_env`` gives some workers settings of their own (``{"carol":
-    {"TENSORFLEET_TASK_EVENTS": "0"}}``), on top of this process's environment.
+    {"TENSORFLEET_TASK_EVENTS": "0"}}``), on top of this process's environment;
+    ``datasets`` maps a worker id to the ``NAME=PATH`` datasets it hosts (``--dataset``).
     """
     previous = os.environ.get("TENSORFLEET_NAMESPACE")
     namespace = f"tfrun-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -106,6 +114,7 @@ def private_fleet(
                     None if extra is None else {**os.environ, **extra},
                     log=log,
                     die_with_parent=True,
+                    datasets=(datasets or {}).get(worker_id, ()),
                 )
         try:
             _wait_until_serving(workers, processes, log_dir, announce)
@@ -172,15 +181,11 @@ def consumer_counts(worker_ids: Sequence[str], settings: Settings) -> dict[str, 
 
 
 def _answers(worker: Any, seconds: float) -> bool:
-    """Whether ``worker`` answers a ping within ``seconds``."""
-    session = worker.session
-    timeout, session.timeout = session.timeout, seconds
+    """Whether ``worker`` serves its queue and answers a ping within ``seconds``."""
     try:
-        worker.synchronize()
+        worker.wait_ready(seconds)
     except WorkerUnavailableError:
         return False
-    finally:
-        session.timeout = timeout
     return True
 
 
@@ -190,10 +195,11 @@ def _wait_until_serving(
     log_dir: Path,
     announce: Announce,
 ) -> None:
-    """Return once every worker answered a ping; WorkerUnavailableError if one did not.
+    """Return once every worker serves and answered a ping; WorkerUnavailableError if not.
 
-    A ping waits in the worker's durable queue until the worker consumes it, so no
-    sleep stands in for readiness; the process is checked between pings.
+    ``FleetWorker.wait_ready`` asks RabbitMQ for the worker's consumer (nothing is
+    published before there is one), then pings; between its rounds the process is
+    checked, so a worker that died is reported at once, not after the whole wait.
     """
     deadline = time.monotonic() + START_SECONDS
     for worker in workers:

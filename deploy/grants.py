@@ -11,9 +11,10 @@ exchange of a bind):
 party     RabbitMQ (configure / write / read)          Redis
 ========  ===========================================  =======================================
 worker    configure: its own queue and exchange          keys ``<ns>:<worker>:*`` only, no
- ``w``    (``<ns>.worker.<w>``), the dead-letter         channels, and only the commands a
-          exchange and queue, Celery's pidbox and        worker sends (listed in
-          event exchanges and its own pidbox queue;      :data:`WORKER_REDIS_COMMANDS`)
+ ``w``    (``<ns>.worker.<w>``), its store-down marker   channels, and only the commands a
+          ``<ns>.store-down.<w>``, the dead-letter       worker sends (listed in
+          exchange and queue, Celery's pidbox and        :data:`WORKER_REDIS_COMMANDS`)
+          event exchanges and its own pidbox queue;
           write: the worker exchanges of the fleet
           (forwards), ``amq.default`` (replies go to
           reply queues through it), dead letters,
@@ -104,8 +105,10 @@ def worker_permissions(namespace: str, worker_id: str, fleet: Sequence[str]) -> 
     celery = [f"{control}.pidbox", f"reply.{control}.pidbox", topology.event_exchange(namespace)]
     pidbox = pidbox_queue_pattern(namespace, worker_id)
     exchanges = sorted({topology.worker_queue(w, namespace) for w in fleet} | {own})
+    # the exclusive queue it holds while its Redis is down (worker/runtime.py)
+    marker = topology.store_down_marker(worker_id, namespace)
     return Permissions(
-        configure=_one_of([own, *dead, *celery], [pidbox]),
+        configure=_one_of([own, marker, *dead, *celery], [pidbox]),
         write=_one_of(["amq.default", *exchanges, *dead, *celery], [pidbox]),
         read=_one_of([own, dead[0], f"{control}.pidbox"], [pidbox]),
     )

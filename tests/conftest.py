@@ -32,11 +32,26 @@ def hook() -> Any:
 
 
 @pytest.fixture(scope="session")
-def fleet() -> Iterator[Any]:
-    """Real ``tensorfleet worker <id>`` processes for every lesson worker, for the session."""
-    import fleet_fixture  # tests/ is on sys.path (rootdir conftest); imported only when needed
+def hosted_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The toy dataset files bob and alice host (tests/hosted_data.py): owner id -> path."""
+    import hosted_data
 
-    with fleet_fixture.fleet(FLEET_WORKER_IDS) as running:
+    return hosted_data.write_files(tmp_path_factory.mktemp("hosted"))
+
+
+@pytest.fixture(scope="session")
+def fleet(hosted_files: dict[str, Any]) -> Iterator[Any]:
+    """Real ``tensorfleet worker <id>`` processes for every lesson worker, for the session.
+
+    bob and alice host the toy dataset of tests/hosted_data.py (``--dataset``): it is
+    private to their operator, so no test's object counts or listings see it.
+    """
+    import fleet_fixture  # tests/ is on sys.path (rootdir conftest); imported only when needed
+    import hosted_data
+
+    with fleet_fixture.fleet(
+        FLEET_WORKER_IDS, datasets=hosted_data.dataset_options(hosted_files)
+    ) as running:
         yield running
 
 

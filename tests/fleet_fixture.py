@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from broker import codec, protocol
+from broker.backoff import Backoff
+from broker.errors import WorkerUnavailableError
 from broker.settings import Settings, get_settings
 from client.fleet import FleetTransport, reset_fleet_transport
 from worker.runner import purge_namespace, start_worker_process
@@ -63,8 +65,11 @@ class RunningFleet:
         worker_env: Mapping[str, Mapping[str, str]] | None = None,
         worker_wrapper: Mapping[str, Sequence[str]] | None = None,
         purge_on_close: bool = True,
+        datasets: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.worker_ids = tuple(worker_ids)
+        #: worker id -> the NAME=PATH datasets it hosts (``tensorfleet worker --dataset``)
+        self.datasets = {key: tuple(value) for key, value in (datasets or {}).items()}
         self.namespace = namespace
         self.env = dict(env)
         #: worker id -> variables only that worker gets (its own TENSORFLEET_REDIS_URL...)
@@ -94,6 +99,7 @@ class RunningFleet:
                 cwd=REPO,
                 die_with_parent=True,
                 wrapper=self.worker_wrapper.get(worker_id, ()),
+                datasets=self.datasets.get(worker_id, ()),
             )
         if wait:
             self.wait_ready([worker_id])
@@ -143,7 +149,10 @@ class RunningFleet:
         pinger.publish(worker_id, body)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            reply = pinger.receive(remaining)
+            try:
+                reply = pinger.receive(remaining)
+            except WorkerUnavailableError:  # its queue is gone: not there (yet)
+                return False
             if reply is None:
                 return False
             answers = codec.decode(reply).get("replies", ())
@@ -156,6 +165,7 @@ class RunningFleet:
     ) -> None:
         """Return once every worker in ``worker_ids`` answered a ping; FleetStartError if not."""
         deadline = time.monotonic() + timeout
+        backoff = Backoff(maximum=0.5)
         for worker_id in worker_ids or self.worker_ids:
             while True:
                 process = self.processes[worker_id]
@@ -170,7 +180,11 @@ class RunningFleet:
                         f"worker {worker_id} did not answer a ping within "
                         f"{timeout:g} s:\n{self.log_tail(worker_id)}"
                     )
-                # the ping waits in the durable queue until the worker consumes it
+                # the queue and its exchange appear when the worker starts, its consumer
+                # when it is ready: ask RabbitMQ (passive declares), then ping it
+                if not self._transport().worker_state(worker_id, remaining).serving:
+                    time.sleep(backoff.next_delay())  # polls RabbitMQ's answer; no event exists
+                    continue
                 if self.ping(worker_id, min(remaining, 2.0)):
                     break
 
@@ -209,13 +223,15 @@ def fleet(
     namespace: str | None = None,
     env: Mapping[str, str] | None = None,
     worker_env: Mapping[str, Mapping[str, str]] | None = None,
+    datasets: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[RunningFleet]:
     """Run ``tensorfleet worker <id>`` for every id in a fresh namespace; see the module doc.
 
     ``env`` adds environment variables for the workers (for example a small
     ``TENSORFLEET_MAX_MESSAGE_BYTES``); this process keeps its own settings
     except for the namespace. ``worker_env`` adds variables for one worker each
-    (``{"bob": {"TENSORFLEET_REDIS_URL": ...}}``: a store, or a Redis user, of its own).
+    (``{"bob": {"TENSORFLEET_REDIS_URL": ...}}``: a store, or a Redis user, of its own);
+    ``datasets`` maps a worker id to the ``NAME=PATH`` datasets it hosts (``--dataset``).
     """
     namespace = namespace or new_namespace()
     shared_env = {**os.environ, **(env or {}), "TENSORFLEET_NAMESPACE": namespace}
@@ -225,7 +241,9 @@ def fleet(
     get_settings.cache_clear()
     reset_fleet_transport()
     with tempfile.TemporaryDirectory(prefix=f"{namespace}-") as log_dir:
-        running = RunningFleet(worker_ids, namespace, shared_env, Path(log_dir), worker_env)
+        running = RunningFleet(
+            worker_ids, namespace, shared_env, Path(log_dir), worker_env, datasets
+        )
         try:
             for worker_id in worker_ids:
                 running.start(worker_id, wait=False)

@@ -48,6 +48,9 @@ SAMPLES = {
     "principal": "carol",
     "quota": 1073741824,
     "action": "delete",
+    "location": "no longer on bob: it was sent to alice, which is not running",
+    "query": "#digits #data",
+    "found": 0,
     "path": "fleets/prod.toml",
     "problem": "workers.bob.redis: expected a URL starting with redis:// or rediss://",
 }

@@ -32,8 +32,8 @@ def test_a_hosted_dataset_is_found_used_and_never_taken(tmp_path: Path) -> None:
         engine.host(hosted)
     (found,) = _run(engine, "carol", [[protocol.SEARCH, ["#digits", "#data"], 1]])
     assert found[1] is True and len(found[2]) == 1
-    data_id, shape, dtype, _, tags, description = found[2][0]
-    assert data_id == hosted_id("bob", "digits", "data")
+    data_id, shape, dtype, _, tags, description, private = found[2][0]
+    assert data_id == hosted_id("bob", "digits", "data") and private is True
     assert (shape, dtype, description) == ([4, 3], "float32", "four digits")
     assert {"#digits", "#data", "#toy"} <= set(tags)
     replies = _run(

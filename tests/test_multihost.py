@@ -85,6 +85,7 @@ class Federation:
         for owner in OWNERS:  # acknowledged: everything above is on the owners
             workers[owner].synchronize()
         self.copies: list[nn.Module] = []
+        self.losses: dict[str, Any] = {}
 
     def train(self) -> None:
         """The first half of a round: pipelined, nothing waits."""
@@ -93,8 +94,14 @@ class Federation:
             local = self.model.copy().send(self.workers[owner])
             optimizer = torch.optim.SGD(local.parameters(), lr=0.05)
             x, y = self.data[owner]
-            train_epochs(local, lambda x=x, y=y: [(x, y)], optimizer, nn.functional.mse_loss, 3)
+            self.losses[owner] = train_epochs(
+                local, lambda x=x, y=y: [(x, y)], optimizer, nn.functional.mse_loss, 3
+            )
             self.copies.append(local)
+
+    def fetch_losses(self) -> dict[str, float]:
+        """The round's first synchronising call: each owner's loss (bob's first)."""
+        return {owner: float(loss.get()) for owner, loss in self.losses.items()}
 
     def aggregate(self) -> None:
         """The second half: move the copies to the aggregator and fetch their average."""
@@ -103,11 +110,13 @@ class Federation:
 
     def round(self) -> None:
         self.train()
+        self.fetch_losses()
         self.aggregate()
 
     def abandon(self) -> None:
-        """Drop a failed round's copies (their deletes go out with the next batch)."""
+        """Drop a failed round's copies and losses (their deletes go out with the next batch)."""
         self.copies = []
+        self.losses = {}
         gc.collect()
 
     def assert_data_exact(self) -> None:
@@ -122,10 +131,10 @@ def report(name: str, **figures: float) -> None:
 
 
 def expect_unavailable(federation: Federation, owner: str) -> float:
-    """Run the aggregation; it must fail naming ``owner`` within the timeout. Seconds it took."""
+    """Fetch the round's losses; it must fail naming ``owner`` within the timeout. Seconds."""
     start = time.monotonic()
     with pytest.raises(WorkerUnavailableError, match=f'"{owner}"'):
-        federation.aggregate()
+        federation.fetch_losses()
     took = time.monotonic() - start
     assert took <= TIMEOUT + SLACK, f"the failure took {took:.1f} s, timeout {TIMEOUT:g} s"
     return took

@@ -207,6 +207,7 @@ def test_grants_are_exact() -> None:
         return matches(worker.configure, name)
 
     assert configure("ns.worker.bob")
+    assert configure("ns.store-down.bob") and not configure("ns.store-down.alice")
     assert not configure("ns.worker.alice")
     assert not configure("ns.worker.bobby")
     assert configure("bob.ns@host.example.ns.control.pidbox")

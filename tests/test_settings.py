@@ -20,6 +20,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.max_message_bytes < RABBITMQ_MAX_MESSAGE_BYTES
     assert settings.worker_id is None
     assert settings.queue_type == "classic"
+    assert settings.worker_user is None
 
 
 def test_every_variable_is_read() -> None:
@@ -37,6 +38,7 @@ def test_every_variable_is_read() -> None:
             "TENSORFLEET_CONNECT_RETRIES": "0",
             "TENSORFLEET_WORKER_ID": "secure_worker",
             "TENSORFLEET_QUEUE_TYPE": "Quorum",
+            "TENSORFLEET_WORKER_USER": "guest",
         }
     )
     expected = {
@@ -52,6 +54,7 @@ def test_every_variable_is_read() -> None:
         "connect_retries": 0,
         "worker_id": "secure_worker",
         "queue_type": "quorum",
+        "worker_user": "guest",
     }
     assert {name: getattr(settings, name) for name in expected} == expected
 

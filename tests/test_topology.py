@@ -49,3 +49,20 @@ def test_queue_arguments() -> None:
 def test_bad_ids_are_refused_with_advice(bad: str) -> None:
     with pytest.raises(ValueError, match="letters, digits"):
         topology.worker_queue(bad)
+
+
+def test_client_reply_queues_carry_the_broker_user() -> None:
+    name = topology.client_reply_queue("carol", "4242-ab12", "ns")
+    assert name == "ns.reply.carol.4242-ab12"
+    # deploy/grants.py gives client carol <ns>.reply.carol.* and nothing else to read
+    assert name.startswith(topology.reply_queue("carol", "ns") + ".")
+    with pytest.raises(ValueError, match="letters, digits"):
+        topology.client_reply_queue("carol", "a b", "ns")
+
+
+def test_worker_exchange_and_store_down_marker() -> None:
+    assert topology.worker_exchange("bob", "ns") == "ns.worker.bob"
+    marker = topology.store_down_marker("bob", "ns")
+    assert marker == "ns.store-down.bob"
+    # the marker is no worker queue, whatever the worker ids of the fleet
+    assert topology.worker_id_from_queue(marker, "ns") is None

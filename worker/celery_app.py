@@ -32,7 +32,7 @@ import torch
 from celery import Celery, signals
 
 from broker import topology
-from broker.amqp import FORWARD_HEADER, TASK_NAME
+from broker.amqp import FORWARD_HEADER, RESEND_HEADER, TASK_NAME
 from broker.errors import ConfigurationError
 from broker.settings import Settings, get_settings
 from broker.tls import kombu_ssl
@@ -170,7 +170,9 @@ def execute(self: Any, body: bytes, chunk: list[Any] | None = None) -> bytes | N
         chunk=chunk,
         direct=bool(getattr(request, "ignore_result", False)),
         forwarded=bool(getattr(request, FORWARD_HEADER, False)),
-        redelivered=bool((request.delivery_info or {}).get("redelivered", True)),
+        # a client's resend is a redelivery too: the batch is looked up before it runs
+        redelivered=bool((request.delivery_info or {}).get("redelivered", True))
+        or bool(getattr(request, RESEND_HEADER, False)),
         headers={key: value for key, value in vars(request).items() if key.startswith("x-")},
         user_id=(getattr(request, "properties", None) or {}).get("user_id") or None,
     )

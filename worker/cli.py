@@ -34,6 +34,44 @@ class WorkerIdType(click.ParamType):
 WORKER_ID = WorkerIdType()
 
 
+class DatasetType(click.ParamType):
+    """``NAME=PATH`` of a readable safetensors file, as an absolute path: a usage error if not."""
+
+    name = "NAME=PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from safetensors import safe_open
+
+        from broker.errors import ConfigurationError
+        from worker.datasets import MAX_TENSORS, parse_option
+
+        try:
+            name, path = parse_option(str(value))
+        except ConfigurationError:
+            self.fail(
+                f"{value!r} is not NAME=PATH (NAME of letters, digits, '_' or '-'; for "
+                "example digits=/data/digits.safetensors)",
+                param,
+                ctx,
+            )
+        path = path.expanduser().resolve()
+        if "," in str(path):
+            self.fail(f"{str(path)!r}: a dataset path cannot contain ','", param, ctx)
+        if not path.is_file():
+            self.fail(f"{str(path)!r} is not a file (a safetensors file is needed)", param, ctx)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                tensors = len(list(handle.keys()))
+        except Exception as error:
+            self.fail(f"{str(path)!r} is not a safetensors file ({error})", param, ctx)
+        if not 0 < tensors <= MAX_TENSORS:
+            self.fail(f"{str(path)!r} must hold 1 to {MAX_TENSORS} tensors", param, ctx)
+        return f"{name}={path}"
+
+
+DATASET = DatasetType()
+
+
 def check_servers(worker_ids: Sequence[str]) -> None:
     """Reach the broker and Redis now: BrokerConnectionError / StoreUnavailableError if not.
 
@@ -78,16 +116,43 @@ def check_servers(worker_ids: Sequence[str]) -> None:
 @click.command()
 @click.argument("worker_id", type=WORKER_ID)
 @click.option("--loglevel", "-l", type=_LOGLEVELS, default="WARNING", show_default=True)
-def worker(worker_id: str, loglevel: str) -> None:
+@click.option(
+    "--dataset",
+    "datasets",
+    type=DATASET,
+    multiple=True,
+    help="Host the tensors of a safetensors file as this worker's private data (repeatable), "
+    "tagged #NAME, #<tensor name> and the tags in the file's metadata. Clients find them "
+    "with bob.search('#NAME') and may compute and train on them, never .get(), .move() or "
+    ".send() them. Replaces TENSORFLEET_DATASETS.",
+)
+def worker(worker_id: str, loglevel: str, datasets: Sequence[str]) -> None:
     """Run fleet worker WORKER_ID in the foreground: a Celery solo worker on its queue.
 
     It consumes tensorfleet.worker.WORKER_ID (TENSORFLEET_NAMESPACE changes the
     prefix), keeps its objects in Redis and reloads them when restarted.
     SIGTERM or Ctrl-C stops it after the message it is running.
+
+    \b
+    Hosting data (PySyft's private datasets):
+      tensorfleet worker bob --dataset digits=/data/digits.safetensors
+    loads the file at start (never written to Redis); a client finds it with
+    bob.search("#digits", "#data").
     """
+    import os
+
     from worker.runner import run_worker
 
+    names = [entry.partition("=")[0] for entry in datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise click.BadParameter(
+            f"dataset {', '.join(repeated)} given more than once: one file per name",
+            param_hint="--dataset",
+        )
     check_servers([worker_id])
+    if datasets:
+        os.environ["TENSORFLEET_DATASETS"] = ",".join(datasets)
     run_worker(worker_id, loglevel.upper())
 
 

@@ -778,6 +778,7 @@ class Engine:
                         obj.requires_grad,
                         sorted(tags),
                         str(getattr(obj, "description", "") or ""),
+                        owners.get(obj_id) == OPERATOR,
                     ]
                 )
         self._reply(request, found)

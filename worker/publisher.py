@@ -20,8 +20,8 @@ import logging
 import time
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
+from amqp.exceptions import ResourceLocked
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -30,12 +30,15 @@ from broker.amqp import (
     CHUNK_HEADER,
     PERSISTENT,
     TRANSIENT,
+    broker_user,
     message_properties,
     new_task_id,
     split_pieces,
     task_message,
 )
 from broker.settings import Settings
+
+__all__ = ["RETRY_POLICY", "Outgoing", "Publisher", "broker_user"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ class Publisher:
             channel: Any = connection.channel()
             try:
                 channel.queue_declare(queue=name, passive=True)
+            except ResourceLocked:
+                pass  # another connection's exclusive queue (a client's reply queue): it exists
             except connection.channel_errors:
                 if len(self._missing) > 10_000:
                     self._missing.clear()
@@ -215,12 +220,6 @@ class Publisher:
         headers, payload = task_message(bytes(envelope), new_task_id(), self.worker_id)
         headers.update({k: v for k, v in sender_headers.items() if k.startswith("x-")})
         self.dead_letter(payload, reason, kind=kind, headers=headers, **message_properties())
-
-
-def broker_user(url: str) -> str:
-    """The RabbitMQ user name in a broker URL (``guest`` when it names none, as kombu does)."""
-    username = urlsplit(url).username
-    return unquote(username) if username else "guest"
 
 
 def _close_quietly(channel: Any) -> None:

@@ -106,21 +106,30 @@ def start_worker_process(
     quiet: bool = True,
     die_with_parent: bool = False,
     wrapper: Sequence[str] = (),
+    datasets: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``tensorfleet worker <id>`` as a child process: the one launcher of worker processes.
 
     The CLI (``tensorfleet up``), the demo and benchmarks, and the test fixture all start
     workers here. ``log`` receives the worker's stdout and stderr (default: stdout is
     dropped when ``quiet``, stderr is inherited); ``die_with_parent`` makes Linux stop the
-    worker if this process dies first (tests and temporary fleets). ``wrapper`` is a
-    command the worker runs under, such as ``("ip", "netns", "exec", "owner-bob")`` to put
-    it on another (network namespace) host; it must exec the worker in place.
+    worker if this process dies first (tests and temporary fleets). ``datasets`` are
+    ``NAME=PATH`` entries the worker hosts (``--dataset``). ``wrapper`` is a command the
+    worker runs under, such as ``("ip", "netns", "exec", "owner-bob")`` to put it on
+    another (network namespace) host; it must exec the worker in place.
     """
     stdout: Any = log if log is not None else (subprocess.DEVNULL if quiet else None)
     return subprocess.Popen(
         [
             *wrapper,
-            *(sys.executable, "-m", "client.cli", "worker", worker_id, "--loglevel", loglevel),
+            sys.executable,
+            "-m",
+            "client.cli",
+            "worker",
+            worker_id,
+            "--loglevel",
+            loglevel,
+            *(argument for entry in datasets for argument in ("--dataset", entry)),
         ],
         stdout=stdout,
         stderr=subprocess.STDOUT if log is not None else None,

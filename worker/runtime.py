@@ -148,6 +148,8 @@ class Runtime:
         self.resume_consuming: Callable[[], None] = lambda: None
         self.call_repeatedly: Callable[[float, Callable[[], None]], Any] | None = None
         self._probe: Any = None
+        #: the connection holding the store-down marker queue while the store is down
+        self._marker: Any = None
         self._probe_client = connect_probe(
             settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url)
         )
@@ -302,6 +304,8 @@ class Runtime:
     ) -> None:
         """Stop consuming until Redis answers, and tell the waiting sender why."""
         log.error("%s", error)
+        if not self.store_down:
+            self._hold_marker()  # before the notice: a client asking then finds it
         if envelope is not None:
             self._notify_sender(envelope, error)
         if self.store_down:
@@ -327,6 +331,36 @@ class Runtime:
             self._probe = None
         log.warning("worker %s: its store is back; consuming again", self.worker_id)
         self.resume_consuming()
+        self._drop_marker()
+
+    def _hold_marker(self) -> None:
+        """Declare the store-down marker queue (exclusive, on a connection of its own).
+
+        Clients that find no consumer on this worker's queue look for it (a passive
+        declare) to tell "its store is down" from "not running"; it goes away with
+        this process's connection, so it never outlives the worker.
+        """
+        if self._marker is not None:
+            return
+        try:
+            connection = self.publisher.app.connection_for_write(heartbeat=0)
+            channel: Any = connection.channel()
+            channel.queue_declare(
+                queue=topology.store_down_marker(self.worker_id, self.settings.namespace),
+                exclusive=True,
+                auto_delete=True,
+            )
+            self._marker = connection
+        except Exception:  # the marker only sharpens clients' errors; the pause is what counts
+            log.warning("could not declare the store-down marker", exc_info=True)
+
+    def _drop_marker(self) -> None:
+        connection, self._marker = self._marker, None
+        if connection is not None:
+            try:
+                connection.close()  # the exclusive marker queue goes with it
+            except Exception:
+                log.debug("closing the store-down marker's connection failed", exc_info=True)
 
     def _notify_sender(self, envelope: bytes | memoryview, error: StoreUnavailableError) -> None:
         """Send the message's sender a StoreUnavailableError notice (request None)."""
@@ -335,7 +369,7 @@ class Runtime:
             reply_to = message.get("reply_to") if isinstance(message, dict) else None
             if not isinstance(reply_to, str):
                 return
-            notice = [[None, False, error_to_wire(error, "store")]]
+            notice = [[None, False, {**error_to_wire(error, "store"), "worker": self.worker_id}]]
             self.publisher.publish(
                 [("reply", reply_to, codec.encode(protocol.reply_envelope(notice)))]
             )

@@ -6,7 +6,8 @@ each share's data and targets to its worker as two tensors, and returns a
 :class:`FederatedDataset`: one :class:`BaseDataset` per worker, holding the two
 pointers and its length (known here, so nothing needs a round trip).
 ``sy.FederatedDataset([share_on_bob, share_on_alice])`` joins shares that are
-already on workers.
+already on workers, and ``FederatedDataset.from_search((bob, alice), "#digits")``
+the shares of a dataset the workers host (found by tag; the client never holds it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, cast
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from broker.errors import DatasetNotFoundError
 from client.pointer import PointerTensor
 
 
@@ -61,6 +63,30 @@ class BaseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data[index], self.targets[index]
 
+    @classmethod
+    def from_search(
+        cls,
+        worker: Any,
+        *query: str,
+        data_tag: str = "#data",
+        target_tag: str = "#target",
+    ) -> BaseDataset:
+        """The share of a dataset ``worker`` hosts: ``worker.search(*query, "#data")`` and
+        ``"#target"``, one tensor each (DatasetNotFoundError otherwise).
+
+        The client never holds the data: batches are built and trained on where it is,
+        and its pointers never delete it (search pointers have garbage collection off).
+        """
+        found = []
+        for tag in (data_tag, target_tag):
+            pointers = worker.search(*query, tag)
+            if len(pointers) != 1:
+                raise DatasetNotFoundError(
+                    str(worker.id), " ".join(str(item) for item in (*query, tag)), len(pointers)
+                )
+            found.append(pointers[0])
+        return cls(found[0], found[1])
+
     def send(self, worker: Any) -> BaseDataset:
         """A dataset whose data and targets are now on ``worker`` (this one is unchanged)."""
         return BaseDataset(self.data.send(worker), self.targets.send(worker))
@@ -99,6 +125,16 @@ class FederatedDataset:
                     "dataset.federate(workers)"
                 )
             self.datasets[_worker_id(location)] = dataset
+
+    @classmethod
+    def from_search(cls, workers: Sequence[Any], *query: str, **tags: str) -> FederatedDataset:
+        """The shares of a dataset the ``workers`` host, found by tag (PySyft Part 8's
+        ``BaseDataset(search(..."#data")[0], search(..."#target")[0])`` per worker).
+
+        ``FederatedDataset.from_search((bob, alice), "#digits")``; ``data_tag`` and
+        ``target_tag`` (default ``#data``, ``#target``) name the two tensors of a share.
+        """
+        return cls(BaseDataset.from_search(worker, *query, **tags) for worker in workers)
 
     @property
     def workers(self) -> list[str]:
