@@ -63,9 +63,9 @@ class RunningFleet:
         env: Mapping[str, str],
         log_dir: Path,
         worker_env: Mapping[str, Mapping[str, str]] | None = None,
+        datasets: Mapping[str, Sequence[str]] | None = None,
         worker_wrapper: Mapping[str, Sequence[str]] | None = None,
         purge_on_close: bool = True,
-        datasets: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.worker_ids = tuple(worker_ids)
         #: worker id -> the NAME=PATH datasets it hosts (``tensorfleet worker --dataset``)
