@@ -7,7 +7,9 @@ confusing failure deep inside pika or Celery later.
 
 Variables and defaults:
 
-- ``TENSORFLEET_BROKER_URL`` = ``amqp://guest:guest@localhost:5672//``: RabbitMQ, Celery URL form.
+- ``TENSORFLEET_BROKER_URL`` = ``amqp://guest:guest@localhost:5672//``: RabbitMQ, Celery URL form;
+  or several nodes of one cluster separated by ``;`` (Celery's failover form), which workers
+  try in turn (``broker_urls``). ``broker_url`` is the first; the pika client uses only it.
 - ``TENSORFLEET_REDIS_URL`` = ``redis://localhost:6379/0``: where workers keep their objects.
 - ``TENSORFLEET_TIMEOUT`` = ``30``: seconds a synchronising call waits for a worker.
 - ``TENSORFLEET_NAMESPACE`` = ``tensorfleet``: prefix of queue names and Redis keys, so fleets
@@ -41,6 +43,9 @@ Variables and defaults:
   through before it gives up with ``BrokerConnectionError`` (the client keeps reconnecting in
   the background, with a backoff of at most 2 s, so the first call after the broker is back
   succeeds).
+- ``TENSORFLEET_QUEUE_TYPE`` = ``classic``: RabbitMQ type of the worker queues, ``classic`` or
+  ``quorum`` (replicated on a cluster, Raft); every party of a fleet must use the same, since
+  RabbitMQ refuses to re-declare a queue with another type (see broker/topology.py).
 - ``TENSORFLEET_WORKER_ID`` (unset): a worker's id when it is not given on the command line.
 - ``TENSORFLEET_WORKER_USER`` (unset): for clients, the RabbitMQ user the fleet's workers share
   when they do not each have their own (``<ns>.worker.<id>``); replies published by it are
@@ -72,6 +77,9 @@ RABBITMQ_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 #: Room left under RabbitMQ's limit for the task envelope and properties around a chunk.
 _ENVELOPE_HEADROOM = 1024 * 1024
 
+#: Values of TENSORFLEET_QUEUE_TYPE: RabbitMQ queue types a fleet's worker queues may have.
+QUEUE_TYPES = ("classic", "quorum")
+
 _NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -81,6 +89,8 @@ class Settings:
     """Everything configurable about a TensorFleet process; see the module docstring."""
 
     broker_url: str = "amqp://guest:guest@localhost:5672//"
+    #: every URL of TENSORFLEET_BROKER_URL (nodes of one cluster, tried in turn); [0] is broker_url
+    broker_urls: tuple[str, ...] = ("amqp://guest:guest@localhost:5672//",)
     redis_url: str = "redis://localhost:6379/0"
     timeout: float = 30.0
     namespace: str = "tensorfleet"
@@ -98,6 +108,7 @@ class Settings:
     failure_ttl: int = 3600
     transfer_ttl: int = 600
     connect_retries: int = 5
+    queue_type: str = "classic"
     worker_id: str | None = None
     worker_user: str | None = None
     datasets: tuple[str, ...] = ()
@@ -115,10 +126,14 @@ class Settings:
             value = env.get(f"TENSORFLEET_{name}")
             return value.strip() if value is not None and value.strip() else None
 
+        broker_urls = tuple(
+            _url(url.strip(), "BROKER_URL", ("amqp", "amqps", "pyamqp"), defaults.broker_url)
+            for url in (raw("BROKER_URL") or defaults.broker_url).split(";")
+            if url.strip()
+        )
         return cls(
-            broker_url=_url(
-                raw("BROKER_URL"), "BROKER_URL", ("amqp", "amqps", "pyamqp"), defaults.broker_url
-            ),
+            broker_url=broker_urls[0],
+            broker_urls=broker_urls,
             redis_url=_url(
                 raw("REDIS_URL"), "REDIS_URL", ("redis", "rediss", "unix"), defaults.redis_url
             ),
@@ -167,6 +182,7 @@ class Settings:
             connect_retries=_integer(
                 raw("CONNECT_RETRIES"), "CONNECT_RETRIES", defaults.connect_retries, minimum=0
             ),
+            queue_type=_choice(raw("QUEUE_TYPE"), "QUEUE_TYPE", QUEUE_TYPES, defaults.queue_type),
             datasets=tuple(
                 entry.strip() for entry in (raw("DATASETS") or "").split(",") if entry.strip()
             ),
@@ -239,6 +255,14 @@ def _flag(value: str | None, name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"TENSORFLEET_{name}", value, "1 or 0 (true/false, yes/no, on/off)")
+
+
+def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value.lower() not in choices:
+        raise ConfigurationError(f"TENSORFLEET_{name}", value, " or ".join(choices))
+    return value.lower()
 
 
 def _name(value: str | None, name: str, pattern: re.Pattern[str], default: str) -> str:

@@ -26,7 +26,10 @@ Worker queues take no ``x-`` arguments on purpose: a plain Celery caller's
 ``send_task(..., queue="tensorfleet.worker.bob")`` declares the queue with none,
 and RabbitMQ refuses a re-declaration whose arguments differ (PRECONDITION_FAILED).
 Dead-lettering is therefore done by the worker itself, which also lets it attach
-the reason; see :mod:`worker.celery_app`.
+the reason; see :mod:`worker.celery_app`. The one exception is the queue type:
+with ``TENSORFLEET_QUEUE_TYPE=quorum`` worker queues carry ``x-queue-type: quorum``,
+and every party must declare them so (a plain Celery caller sets
+``task_create_missing_queue_type = "quorum"``).
 """
 
 from __future__ import annotations
@@ -145,9 +148,21 @@ def dead_letter_queue(namespace: str = DEFAULT_NAMESPACE) -> str:
     return f"{_check('namespace', namespace)}.dead-letter"
 
 
-def worker_queue_arguments() -> dict[str, Any]:
-    """Declaration arguments of a worker queue: none, so plain Celery callers can declare it."""
-    return {}
+def worker_queue_arguments(queue_type: str | None = None) -> dict[str, Any]:
+    """Declaration arguments of a worker queue of ``queue_type`` (``classic`` or ``quorum``).
+
+    Classic: none, so plain Celery callers can declare it. Quorum: ``x-queue-type``.
+    ``None`` takes this process's ``TENSORFLEET_QUEUE_TYPE`` (for callers that do not pass it).
+    """
+    if queue_type is None:
+        from broker.settings import get_settings
+
+        queue_type = get_settings().queue_type
+    if queue_type == "classic":
+        return {}
+    if queue_type == "quorum":
+        return {"x-queue-type": "quorum"}
+    raise ValueError(f"queue type {queue_type!r}: use 'classic' or 'quorum'")
 
 
 def reply_queue_arguments() -> dict[str, Any]:

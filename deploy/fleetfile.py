@@ -5,7 +5,9 @@ A TOML file (read with the standard library's ``tomllib``)::
     namespace = "tensorfleet"             # queue and key prefix (TENSORFLEET_NAMESPACE)
     vhost = "tensorfleet"                 # RabbitMQ virtual host; default: the namespace
     broker = "amqp://rabbitmq:5672"       # where parties reach RabbitMQ, without credentials
+                                          #   (or the nodes of a cluster: ["amqp://r1:5672", ...])
     redis = "redis://redis:6379/0"        # the Redis workers share unless they name their own
+    queue_type = "classic"                # or "quorum" (TENSORFLEET_QUEUE_TYPE of every party)
 
     [workers.bob]                         # a data owner's worker: its own Redis ACL user
     [workers.alice]
@@ -33,6 +35,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from broker.errors import FleetFileError
+from broker.settings import QUEUE_TYPES
 from deploy.grants import PARTY_NAME
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -42,7 +45,7 @@ _REDIS_SCHEMES = ("redis", "rediss")
 #: names that the provisioned files use for parties that are not in the fleet file
 RESERVED_NAMES = frozenset({"operator", "default", "healthcheck"})
 
-_TOP_KEYS = {"namespace", "vhost", "broker", "redis", "workers", "clients", "tls"}
+_TOP_KEYS = {"namespace", "vhost", "broker", "redis", "queue_type", "workers", "clients", "tls"}
 _TLS_KEYS = {"ca_file", "cert_dir"}
 _WORKER_KEYS = {"redis"}
 _CLIENT_KEYS: set[str] = set()
@@ -85,11 +88,20 @@ class FleetSpec:
     workers: tuple[WorkerSpec, ...]
     clients: tuple[str, ...]
     tls: TlsSpec | None = None
+    #: the other nodes of a broker cluster, after ``broker_url`` (``broker = [...]``)
+    more_brokers: tuple[str, ...] = ()
+    #: TENSORFLEET_QUEUE_TYPE of every party, and the type of the worker queues declared
+    queue_type: str = "classic"
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """Every broker node, ``broker_url`` first (parties try them in turn)."""
+        return (self.broker_url, *self.more_brokers)
 
     @property
     def hosts(self) -> tuple[str, ...]:
         """The host names of the broker and of every Redis (for a server certificate)."""
-        urls = [self.broker_url, *(worker.redis_url for worker in self.workers)]
+        urls = [*self.broker_urls, *(worker.redis_url for worker in self.workers)]
         return tuple(dict.fromkeys(urlsplit(url).hostname or "localhost" for url in urls))
 
     @property
@@ -131,13 +143,11 @@ class _Checker:
         vhost = self.text(data, "vhost", namespace)
         if not _VHOST.fullmatch(vhost):
             raise self.fail("vhost", "use letters, digits, '_', '.', '/' and '-' only")
-        broker = self.url(self.text(data, "broker", "amqp://localhost:5672"), "broker")
-        if _has_credentials(broker) or urlsplit(broker).path not in ("", "/"):
-            raise self.fail(
-                "broker",
-                "give only scheme, host and port (amqp://rabbitmq:5672): "
-                "provisioning adds each party's user and the vhost",
-            )
+        brokers = self.brokers(data)
+        broker = brokers[0]
+        queue_type = self.text(data, "queue_type", "classic")
+        if queue_type not in QUEUE_TYPES:
+            raise self.fail("queue_type", f"expected one of {', '.join(QUEUE_TYPES)}")
         redis = self.redis_url(self.text(data, "redis", "redis://localhost:6379/0"), "redis")
         workers = tuple(
             WorkerSpec(name, *self.worker(name, options, redis))
@@ -153,7 +163,38 @@ class _Checker:
         if both:
             raise self.fail(both[0], "is named as a worker and as a client; give each its own")
         tls = self.tls(data, broker, workers)
-        return FleetSpec(namespace, vhost, broker.rstrip("/"), redis, workers, tuple(clients), tls)
+        return FleetSpec(
+            namespace,
+            vhost,
+            broker.rstrip("/"),
+            redis,
+            workers,
+            tuple(clients),
+            tls,
+            tuple(url.rstrip("/") for url in brokers[1:]),
+            queue_type,
+        )
+
+    def brokers(self, data: dict[str, Any]) -> list[str]:
+        """``broker``: one URL, or a list of a cluster's nodes (one scheme for all)."""
+        value = data.get("broker", "amqp://localhost:5672")
+        if isinstance(value, list):
+            if not value:
+                raise self.fail("broker", "expected a URL or a non-empty list of URLs")
+            urls = [self.text({"broker": item}, "broker", "") for item in value]
+        else:
+            urls = [self.text(data, "broker", "amqp://localhost:5672")]
+        for url in urls:
+            self.url(url, "broker")
+            if _has_credentials(url) or urlsplit(url).path not in ("", "/"):
+                raise self.fail(
+                    "broker",
+                    "give only scheme, host and port (amqp://rabbitmq:5672): "
+                    "provisioning adds each party's user and the vhost",
+                )
+        if len({urlsplit(url).scheme for url in urls}) > 1:
+            raise self.fail("broker", "use one scheme (amqp or amqps) for every node")
+        return urls
 
     def tls(
         self, data: dict[str, Any], broker: str, workers: tuple[WorkerSpec, ...]

@@ -106,7 +106,7 @@ def rabbitmq_definitions(spec: FleetSpec, passwords: Mapping[str, str]) -> dict[
     queues, exchanges, bindings = [], [], []
     for worker_id in workers:
         name = topology.worker_queue(worker_id, ns)
-        queues.append(_queue(name, vhost))
+        queues.append(_queue(name, vhost, topology.worker_queue_arguments(spec.queue_type)))
         exchanges.append(_exchange(name, vhost, "direct"))
         bindings.append(_binding(name, name, vhost, name))
     dead_letters = topology.dead_letter_queue(ns)
@@ -128,9 +128,16 @@ def rabbitmq_definitions(spec: FleetSpec, passwords: Mapping[str, str]) -> dict[
     }
 
 
-def _queue(name: str, vhost: str) -> dict[str, Any]:
-    # as Celery and the worker declare them: durable, no arguments (broker/topology.py)
-    return {"name": name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": {}}
+def _queue(name: str, vhost: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    # as Celery and the worker declare them: durable; worker queues carry only their type
+    # when it is quorum (broker/topology.py worker_queue_arguments)
+    return {
+        "name": name,
+        "vhost": vhost,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": arguments or {},
+    }
 
 
 def _exchange(name: str, vhost: str, kind: str) -> dict[str, Any]:
@@ -203,8 +210,11 @@ def env_files(
             f"# TensorFleet {party.kind} {party.name} of fleet {spec.namespace} "
             "(tensorfleet provision): keep it secret",
             f"TENSORFLEET_NAMESPACE={spec.namespace}",
+            f"TENSORFLEET_QUEUE_TYPE={spec.queue_type}",
             "TENSORFLEET_BROKER_URL="
-            + with_credentials(spec.broker_url, party.user, password, vhost_path),
+            + ";".join(  # a cluster's nodes: Celery's failover form
+                with_credentials(url, party.user, password, vhost_path) for url in spec.broker_urls
+            ),
         ]
         if party.kind == "worker":
             redis_url = with_credentials(

@@ -64,6 +64,8 @@ class RunningFleet:
         log_dir: Path,
         worker_env: Mapping[str, Mapping[str, str]] | None = None,
         datasets: Mapping[str, Sequence[str]] | None = None,
+        worker_wrapper: Mapping[str, Sequence[str]] | None = None,
+        purge_on_close: bool = True,
     ) -> None:
         self.worker_ids = tuple(worker_ids)
         #: worker id -> the NAME=PATH datasets it hosts (``tensorfleet worker --dataset``)
@@ -72,6 +74,10 @@ class RunningFleet:
         self.env = dict(env)
         #: worker id -> variables only that worker gets (its own TENSORFLEET_REDIS_URL...)
         self.worker_env = {w: dict(v) for w, v in (worker_env or {}).items()}
+        #: worker id -> command it runs under (``ip netns exec <host>``: tests/multihost.py)
+        self.worker_wrapper = {w: tuple(v) for w, v in (worker_wrapper or {}).items()}
+        #: False when the servers are private and thrown away with the fleet
+        self.purge_on_close = purge_on_close
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.settings = Settings.from_env(self.env)
@@ -92,6 +98,7 @@ class RunningFleet:
                 log=log,
                 cwd=REPO,
                 die_with_parent=True,
+                wrapper=self.worker_wrapper.get(worker_id, ()),
                 datasets=self.datasets.get(worker_id, ()),
             )
         if wait:
@@ -196,7 +203,8 @@ class RunningFleet:
                 self.stop(worker_id)
         if self._pinger is not None:
             self._pinger.close()
-        purge(self.namespace, self.worker_ids, self.settings)
+        if self.purge_on_close:
+            purge(self.namespace, self.worker_ids, self.settings)
 
 
 def purge(namespace: str, worker_ids: Sequence[str], settings: Settings) -> None:

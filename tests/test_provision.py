@@ -31,6 +31,7 @@ from broker import protocol, topology
 from broker.amqp import pika_url
 from broker.errors import FleetFileError
 from broker.protocol import Ref
+from broker.settings import Settings
 from client.cli import main
 from deploy import fleetfile, grants, provision
 from worker import keys
@@ -77,6 +78,10 @@ def test_a_fleet_file_is_read() -> None:
         ('broker = "http://x"\n[workers.bob]', "broker: expected amqp://HOST:PORT"),
         ('broker = "amqp://u:p@x:5672"\n[workers.bob]', "broker: give only scheme, host and port"),
         ('broker = "amqp://x:port"\n[workers.bob]', "broker: the port of"),
+        ("broker = []\n[workers.bob]", "broker: expected a URL or a non-empty list"),
+        ('queue_type = "stream"\n[workers.bob]', "queue_type: expected one of classic, quorum"),
+        ('broker = ["amqp://a:5672", "amqps://b:5671"]\n[workers.bob]', "broker: use one scheme"),
+        ('broker = ["amqp://a:5672", "amqp://u:p@b:5672"]\n[workers.bob]', "broker: give only"),
         ('[workers.bob]\nredis = "redis://u:p@x/0"', "workers.bob.redis: leave credentials out"),
         ('[workers.bob]\nredis = "memcached://x"', "workers.bob.redis: expected redis://"),
         ("[workers.bob]\nredis_url = 1", "workers.bob: unknown key 'redis_url'"),
@@ -109,6 +114,36 @@ def test_the_cli_reports_a_bad_fleet_file_on_one_line(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ what it writes
+
+
+def test_the_broker_may_be_a_cluster(tmp_path: Path) -> None:
+    text = 'broker = ["amqp://rabbit-1:5672", "amqp://rabbit-2:5672/"]\n[workers.bob]\n'
+    spec = fleetfile.parse(text, "fleet.toml")
+    assert spec.broker_urls == ("amqp://rabbit-1:5672", "amqp://rabbit-2:5672")
+    assert {"rabbit-1", "rabbit-2"} <= set(spec.hosts)
+    source = tmp_path / "fleet.toml"
+    source.write_text(text)
+    result = CliRunner().invoke(main, ["provision", str(source), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    urls = read_env(tmp_path / "out" / "bob.env")["TENSORFLEET_BROKER_URL"].split(";")
+    assert [url.split("@")[1] for url in urls] == [
+        "rabbit-1:5672/tensorfleet",
+        "rabbit-2:5672/tensorfleet",
+    ]
+    settings = Settings.from_env({"TENSORFLEET_BROKER_URL": ";".join(urls)})
+    assert settings.broker_urls == tuple(urls)
+
+
+def test_a_quorum_fleet_declares_quorum_worker_queues(tmp_path: Path) -> None:
+    source = tmp_path / "fleet.toml"
+    source.write_text('queue_type = "quorum"\n[workers.bob]\n')
+    result = CliRunner().invoke(main, ["provision", str(source), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    definitions = json.loads((tmp_path / "out" / "definitions.json").read_text())
+    arguments = {queue["name"]: queue["arguments"] for queue in definitions["queues"]}
+    assert arguments["tensorfleet.worker.bob"] == {"x-queue-type": "quorum"}
+    assert arguments["tensorfleet.dead-letter"] == {}
+    assert read_env(tmp_path / "out" / "bob.env")["TENSORFLEET_QUEUE_TYPE"] == "quorum"
 
 
 def test_provision_writes_private_files_and_refuses_to_overwrite(tmp_path: Path) -> None:

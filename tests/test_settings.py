@@ -19,6 +19,7 @@ def test_defaults_match_the_documented_contract() -> None:
     assert settings.batch_size == 1000
     assert settings.max_message_bytes < RABBITMQ_MAX_MESSAGE_BYTES
     assert settings.worker_id is None
+    assert settings.queue_type == "classic"
     assert settings.worker_user is None
 
 
@@ -36,6 +37,7 @@ def test_every_variable_is_read() -> None:
             "TENSORFLEET_BATCH_TTL": "60",
             "TENSORFLEET_CONNECT_RETRIES": "0",
             "TENSORFLEET_WORKER_ID": "secure_worker",
+            "TENSORFLEET_QUEUE_TYPE": "Quorum",
             "TENSORFLEET_WORKER_USER": "guest",
         }
     )
@@ -51,9 +53,21 @@ def test_every_variable_is_read() -> None:
         "batch_ttl": 60,
         "connect_retries": 0,
         "worker_id": "secure_worker",
+        "queue_type": "quorum",
         "worker_user": "guest",
     }
     assert {name: getattr(settings, name) for name in expected} == expected
+
+
+def test_the_broker_may_be_a_list_of_urls() -> None:
+    settings = Settings.from_env(
+        {"TENSORFLEET_BROKER_URL": "amqp://u:p@rabbit-1:5672/vh; amqp://u:p@rabbit-2:5672/vh;"}
+    )
+    assert settings.broker_urls == ("amqp://u:p@rabbit-1:5672/vh", "amqp://u:p@rabbit-2:5672/vh")
+    assert settings.broker_url == "amqp://u:p@rabbit-1:5672/vh"
+    assert Settings.from_env({}).broker_urls == (Settings().broker_url,)
+    with pytest.raises(ConfigurationError, match="TENSORFLEET_BROKER_URL"):
+        Settings.from_env({"TENSORFLEET_BROKER_URL": "amqp://a//;http://b"})
 
 
 def test_empty_values_take_the_default() -> None:
@@ -76,6 +90,7 @@ def test_empty_values_take_the_default() -> None:
         ("TENSORFLEET_BROKER_URL", "http://localhost"),
         ("TENSORFLEET_REDIS_URL", "localhost:6379"),
         ("TENSORFLEET_WORKER_ID", "bob smith"),
+        ("TENSORFLEET_QUEUE_TYPE", "stream"),
         ("TENSORFLEET_TLS_CA_FILE", "/no/such/ca.pem"),
         ("TENSORFLEET_TLS_CERT_FILE", "/no/such/client.pem"),
     ],

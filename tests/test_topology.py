@@ -37,7 +37,11 @@ def test_reply_and_dead_letter_names_are_namespaced() -> None:
 def test_queue_arguments() -> None:
     # no x- arguments: a plain Celery send_task(queue=...) declares the queue with none,
     # and RabbitMQ refuses a re-declaration with different arguments
-    assert topology.worker_queue_arguments() == {}
+    assert topology.worker_queue_arguments("classic") == {}
+    # quorum (TENSORFLEET_QUEUE_TYPE=quorum): the type is the one argument
+    assert topology.worker_queue_arguments("quorum") == {"x-queue-type": "quorum"}
+    with pytest.raises(ValueError, match="classic"):
+        topology.worker_queue_arguments("stream")
     assert topology.reply_queue_arguments()["x-expires"] > 0
 
 

@@ -48,7 +48,8 @@ def make_app(settings: Settings) -> Celery:
     """The worker's Celery app, configured from ``settings``."""
     app = Celery("tensorfleet", set_as_current=False)
     app.conf.update(
-        broker_url=settings.broker_url,
+        # several URLs (TENSORFLEET_BROKER_URL="amqp://a//;amqp://b//"): kombu fails over
+        broker_url=list(settings.broker_urls),
         broker_connection_retry_on_startup=True,
         result_backend="rpc://",
         result_persistent=False,
@@ -59,6 +60,10 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_create_missing_queues=True,
+        # TENSORFLEET_QUEUE_TYPE: the worker's own queue is declared with this type
+        # (broker/topology.py worker_queue_arguments); quorum queues need no global QoS,
+        # which Celery detects (worker_detect_quorum_queues, on by default)
+        task_create_missing_queue_type=settings.queue_type,
         worker_prefetch_multiplier=settings.prefetch,
         worker_pool="solo",
         worker_concurrency=1,
@@ -70,6 +75,13 @@ def make_app(settings: Settings) -> Celery:
         # to exactly the workers of TENSORFLEET_NAMESPACE
         control_exchange=topology.control_exchange_prefix(settings.namespace),
         event_exchange=topology.event_exchange(settings.namespace),
+        # After a network partition the worker reconnects while RabbitMQ still holds its
+        # old connection (it learns of its death only once the link is back). An exclusive
+        # pidbox queue (Celery's default) is still locked by that connection, and Celery
+        # treats the RESOURCE_LOCKED on redeclaring it as unrecoverable: the worker exits
+        # (tests/test_multihost.py, link cut). Non-exclusive, it is still auto-deleted
+        # (and expires 10 s after its last consumer).
+        control_queue_exclusive=False,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=False,
         # amqps://: verify the broker against TENSORFLEET_TLS_CA_FILE (broker/tls.py)

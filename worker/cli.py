@@ -89,7 +89,8 @@ def check_servers(worker_ids: Sequence[str]) -> None:
     from worker.redis_store import connect
 
     settings = get_settings()
-    connection = kombu.Connection(settings.broker_url, connect_timeout=5, ssl=kombu_ssl(settings))
+    urls = list(settings.broker_urls)  # kombu tries each in turn (failover)
+    connection = kombu.Connection(";".join(urls), connect_timeout=5, ssl=kombu_ssl(settings))
     try:
         connection.ensure_connection(
             max_retries=settings.connect_retries, interval_start=1, interval_step=1, interval_max=5
@@ -98,7 +99,7 @@ def check_servers(worker_ids: Sequence[str]) -> None:
         attempts = settings.connect_retries + 1
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
         reason = f"{str(error).rstrip('.')} (gave up after {tries})"
-        raise BrokerConnectionError(safe_url(settings.broker_url), reason) from None
+        raise BrokerConnectionError("; ".join(safe_url(url) for url in urls), reason) from None
     finally:
         connection.release()
     client = connect(settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url))

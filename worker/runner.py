@@ -105,6 +105,7 @@ def start_worker_process(
     cwd: str | os.PathLike[str] | None = None,
     quiet: bool = True,
     die_with_parent: bool = False,
+    wrapper: Sequence[str] = (),
     datasets: Sequence[str] = (),
     own_session: bool = False,
 ) -> subprocess.Popen[bytes]:
@@ -118,10 +119,14 @@ def start_worker_process(
     it in a session of its own, so the terminal's Ctrl-C reaches only the job that started
     it, which stops it when it is done (a job's private fleet keeps serving the job's
     clean-up after the first Ctrl-C).
+    ``wrapper`` is a command the worker runs under, such as ``("ip", "netns", "exec",
+    "owner-bob")`` to put it on another (network namespace) host; it must exec the worker
+    in place.
     """
     stdout: Any = log if log is not None else (subprocess.DEVNULL if quiet else None)
     return subprocess.Popen(
         [
+            *wrapper,
             sys.executable,
             "-m",
             "client.cli",
