@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -19,12 +20,15 @@ import pika.exceptions
 import pytest
 import torch
 from attacker import FleetAttacker
-from fleet_fixture import fleet
+from fleet_fixture import fleet, new_namespace
+from provisioned import provisioned_fleet
 
 import client as sy
 from broker import codec, protocol, topology
 from broker.amqp import message_properties, pika_url
-from client.fleet import FleetTransport, get_fleet_transport
+from broker.errors import WorkerNeverStartedError, WorkerNotRunningError
+from broker.settings import get_settings
+from client.fleet import FleetTransport, get_fleet_transport, reset_fleet_transport
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +191,45 @@ def test_a_reply_from_a_worker_the_client_never_talked_to_is_dropped(one: Any) -
     finally:
         connection.close()
         _rabbitmqctl("delete_user", eve)
+
+
+def test_a_provisioned_client_uses_the_api_with_least_privilege(tmp_path: Path) -> None:
+    """The real client (FleetWorker) as a provisioned party: its own user, grants that
+    allow only its own reply queues and publishing to the fleet's worker exchanges, and
+    workers with users of their own whose replies it believes, nobody else's."""
+    namespace = new_namespace()
+    carol = f"carol-{uuid.uuid4().hex[:6]}"
+    workers = ("alice", "bob")
+    with provisioned_fleet(tmp_path, namespace, workers, (carol,)) as files:
+        worker_env = {w: files.env(w) for w in workers}
+        with fleet(workers, namespace, env=files.env("operator"), worker_env=worker_env) as running:
+            saved = dict(os.environ)
+            os.environ.update(files.env(carol))
+            get_settings.cache_clear()
+            reset_fleet_transport()
+            try:
+                hook = sy.TorchHook(torch)
+                bob, alice = sy.FleetWorker(hook, id="bob"), sy.FleetWorker(hook, id="alice")
+                x = torch.tensor([1.0, 2.0]).send(bob)
+                y = x * 3
+                y.move(alice)
+                assert torch.equal(y.get(), torch.tensor([3.0, 6.0]))
+                assert torch.equal((x + 1).get(), torch.tensor([2.0, 3.0]))
+                transport = get_fleet_transport()
+                assert transport.user == carol
+                assert transport.reply_address.startswith(f"{namespace}.reply.{carol}.")
+                assert transport.forged_replies == 0
+                # the fast answers need no permission: passive declares
+                with pytest.raises(WorkerNeverStartedError):
+                    sy.FleetWorker(hook, id="ghost").synchronize()
+                running.kill("alice")
+                with pytest.raises(WorkerNotRunningError):
+                    alice.synchronize()
+                assert torch.equal(x.get(), torch.tensor([1.0, 2.0]))
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+                get_settings.cache_clear()
+                reset_fleet_transport()
+            log = running.log_tail("bob", 10_000)
+            assert "ACCESS_REFUSED" not in log, log

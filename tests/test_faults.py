@@ -200,6 +200,10 @@ def test_a_reply_lost_with_a_dropped_connection_is_sent_again(pair: Any) -> None
         connection = _connection_pid(transport.client_id)
 
         counter.add_(1)  # in place: it must run exactly once
+        m = torch.linalg.qr(torch.rand(512, 512))[0].send(bob)
+        busy = m
+        for _ in range(400):  # seconds of work ahead of the get: the drop comes first
+            busy = busy @ m
         outcome: dict[str, Any] = {}
         _rabbitmqctl("clear_permissions", "-p", "/", user)  # dora cannot come back yet
         getter = threading.Thread(target=lambda: outcome.setdefault("value", counter.get()))
