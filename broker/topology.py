@@ -95,6 +95,18 @@ def client_reply_queue(user: str, suffix: str, namespace: str = DEFAULT_NAMESPAC
     return f"{reply_queue(user, namespace)}.{_check('reply suffix', suffix)}"
 
 
+def is_reply_queue_of(user: str, queue: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
+    """Whether ``queue`` is one of RabbitMQ user ``user``'s reply queues.
+
+    Those are ``<ns>.reply.<user>`` and ``<ns>.reply.<user>.<suffix>``, the names the
+    least-privilege grants let only that user read (deploy/grants.py). A worker replies
+    only to such a queue of the message's sender, so no party can aim a worker's replies
+    (its own results or errors) at another party's queue.
+    """
+    own = f"{namespace}.reply.{user}"
+    return queue == own or (queue.startswith(own + ".") and len(queue) > len(own) + 1)
+
+
 def worker_exchange(worker_id: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The direct exchange clients and workers publish to worker ``worker_id`` through.
 

@@ -35,9 +35,14 @@ class InProcessAttacker:
         self.name = name
         self.transport = InProcessTransport(hub, reply_address=name)
 
-    def send(self, worker_id: str, commands: list[Any], **envelope: Any) -> None:
+    def send(
+        self, worker_id: str, commands: list[Any], reply_to: str | None = None, **envelope: Any
+    ) -> None:
+        """Publish ``commands`` to a worker, replies to ``reply_to`` (default: our address)."""
         body = codec.encode(
-            protocol.envelope(next(_batches), self.name, self.name, commands, **envelope)
+            protocol.envelope(
+                next(_batches), self.name, reply_to or self.name, commands, **envelope
+            )
         )
         self.transport.publish(worker_id, body)
 
@@ -68,9 +73,14 @@ class FleetAttacker:
         self.reply_queue = topology.reply_queue(self.name, settings.namespace)
         self.channel.queue_declare(self.reply_queue, auto_delete=True)
 
-    def send(self, worker_id: str, commands: list[Any], **envelope: Any) -> None:
+    def send(
+        self, worker_id: str, commands: list[Any], reply_to: str | None = None, **envelope: Any
+    ) -> None:
+        """Publish ``commands`` to a worker, replies to ``reply_to`` (default: our queue)."""
         body = codec.encode(
-            protocol.envelope(next(_batches), self.name, self.reply_queue, commands, **envelope)
+            protocol.envelope(
+                next(_batches), self.name, reply_to or self.reply_queue, commands, **envelope
+            )
         )
         task_id = new_task_id()
         headers, payload = task_message(bytes(body), task_id, self.name)

@@ -156,6 +156,10 @@ class PartyClient:
         body = codec.encode(
             protocol.envelope(next(_batches), self.user, self.reply_queue, commands)
         )
+        self.publish_raw(worker_id, bytes(body))
+
+    def publish_raw(self, worker_id: str, body: bytes) -> None:
+        """Publish an envelope of any making to a worker, as this party (its user_id)."""
         task_id = new_task_id()
         headers, payload = task_message(bytes(body), task_id, self.user)
         exchange = topology.worker_queue(worker_id, self.namespace)

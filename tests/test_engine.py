@@ -8,12 +8,15 @@ import torch
 from broker import codec, protocol
 from broker.errors import MalformedMessageError
 from broker.protocol import Ref
-from worker.engine import Engine, Middleware, derive_id
+from worker.engine import Delivery, Engine, Middleware, derive_id
+
+#: the principal the engine's tests send as; in-process, a client's reply address is its name
+TESTER = Delivery(principal="tester")
 
 
 def run(engine: Engine, commands: list, batch: int = 1) -> list:
-    body = codec.encode(protocol.envelope(batch, "tester", "tester-replies", commands))
-    result = engine.handle(body)
+    body = codec.encode(protocol.envelope(batch, "tester", "tester", commands))
+    result = engine.handle(body, TESTER)
     return result.replies
 
 
@@ -30,10 +33,10 @@ def test_a_forbidden_op_is_refused_by_name_and_the_message_rejected() -> None:
     run(engine, [[protocol.STORE, 1, torch.tensor([1.0]), None]])
     body = codec.encode(
         protocol.envelope(
-            2, "tester", "r", [[protocol.OP, "os.system", ["echo owned"], {}, [3], True, 5]]
+            2, "tester", "tester", [[protocol.OP, "os.system", ["echo owned"], {}, [3], True, 5]]
         )
     )
-    result = engine.handle(body)
+    result = engine.handle(body, TESTER)
     assert result.rejected is not None and "os.system" in result.rejected
     assert result.replies[0][1] is False
     assert result.replies[0][2]["type"] == "ForbiddenOperationError"
@@ -58,6 +61,18 @@ def test_an_unknown_command_is_reported_and_the_next_one_still_runs() -> None:
 def test_a_malformed_message_raises_malformed_message_error(body: bytes) -> None:
     with pytest.raises(MalformedMessageError):
         Engine("bob").handle(body)
+
+
+def test_replies_go_only_to_the_senders_own_address() -> None:
+    """Aiming a worker's replies at another party's queue is refused before anything runs."""
+    engine = Engine("bob")
+    run(engine, [[protocol.STORE, 1, torch.tensor([1.0]), None]])
+    body = codec.encode(
+        protocol.envelope(2, "tester", "victim", [[protocol.GET, Ref(1), 3], [protocol.PING, 4]])
+    )
+    with pytest.raises(MalformedMessageError, match="'victim' is not a reply queue of 'tester'"):
+        engine.handle(body, TESTER)
+    assert run(engine, [[protocol.PING, 5]]) == [[5, True, True]]  # still serving
 
 
 def test_middleware_sees_every_message_with_its_duration_and_errors() -> None:

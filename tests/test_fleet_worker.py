@@ -281,7 +281,10 @@ def test_hostile_messages_are_dead_lettered_with_a_reason(fleet: Any, raw: RawCl
             queue,
             payload,
             pika.BasicProperties(
-                headers=headers, content_type=content_type, content_encoding="binary"
+                headers=headers,
+                content_type=content_type,
+                content_encoding="binary",
+                user_id=raw.transport.user,  # replies go only to the sender's own queue
             ),
         )
 

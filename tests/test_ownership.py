@@ -125,6 +125,27 @@ def test_another_client_cannot_move_or_exfiltrate_my_objects(
     assert torch.equal(secret.get(), SECRET)
 
 
+def test_a_client_cannot_aim_a_workers_replies_at_my_reply_queue(bob: Any, attacker: Any) -> None:
+    """Gets of the attacker's own tensor, replies addressed to the victim's queue under the
+    victim's next request ids: they would come from bob, a worker the victim talks to.
+    Bob refuses the whole message before running it; the victim's get stays exact."""
+    secret = SECRET.clone().send(bob)
+    bob.synchronize()
+    victim_address = bob.session.transport.reply_address
+    upcoming = next(bob.session._requests)
+    decoy = new_id()
+    attacker.send("bob", [[protocol.STORE, decoy, torch.full((5,), 666.0), 1]])
+    assert attacker.replies(1)[0][:2] == [1, True]
+    gets = [[protocol.GET, Ref(decoy), request] for request in range(upcoming, upcoming + 5)]
+    attacker.send("bob", gets, reply_to=victim_address)
+    attacker.send("bob", [[protocol.PING, 2]])  # bob runs messages in order: the attack is done
+    assert attacker.replies(1) == [[2, True, True]]
+    assert torch.equal(secret.get(), SECRET)
+    attacker.send("bob", [[protocol.GET, Ref(decoy), 3]])  # the refused gets ran nothing
+    (reply,) = attacker.replies(1)
+    assert reply[1] is True and torch.equal(reply[2], torch.full((5,), 666.0))
+
+
 def test_a_client_cannot_pose_as_a_worker_acting_for_me(bob: Any, attacker: Any) -> None:
     """A forwarded envelope is believed only from the forwarding worker's own identity."""
     secret = SECRET.clone().send(bob)

@@ -143,6 +143,7 @@ class Engine:
         is_worker: Callable[[str], bool] | None = None,
         quota: int | None = None,
         trusts_forwarder: Callable[[str, str], bool] | None = None,
+        owns_reply_to: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.store = store if store is not None else ObjectStore(worker_id)
@@ -196,6 +197,12 @@ class Engine:
         self.trusts_forwarder: Callable[[str, str], bool] = trusts_forwarder or (
             lambda principal, sender: True
         )
+        #: (principal, reply_to) -> whether that address is one of the principal's own reply
+        #: queues: a worker never sends one party's results to another party's queue
+        #: (default, in-process: a client's address is its principal)
+        self.owns_reply_to: Callable[[str, str], bool] = owns_reply_to or (
+            lambda principal, reply_to: reply_to == principal
+        )
 
     # ------------------------------------------------------------------ message level
     def handle(self, body: codec.Body, delivery: Delivery | None = None) -> HandleResult:
@@ -229,6 +236,11 @@ class Engine:
             self._principal = on_behalf_of
         else:
             self._principal = delivery.principal
+        if reply_to is not None and not self.owns_reply_to(self._principal, reply_to):
+            raise MalformedMessageError(
+                f"reply_to {reply_to!r} is not a reply queue of {self._principal!r}, who sent "
+                "this message: a worker replies only to its sender's own reply queue"
+            )
         self._upstream_worker = sender if forwarded else None
         batch_key = f"{sender}:{batch}"
         if not delivery.first_delivery:

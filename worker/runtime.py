@@ -126,6 +126,7 @@ class Runtime:
             is_worker=self.publisher.worker_exists,
             quota=settings.client_quota_bytes,
             trusts_forwarder=self.trusts_forwarder,
+            owns_reply_to=self.owns_reply_to,
         )
         #: chunked messages still arriving, each copied into one buffer part by part, in
         #: memory only: a worker that dies mid-transfer loses the parts it acknowledged, the
@@ -203,7 +204,7 @@ class Runtime:
         except StoreUnavailableError as error:
             self.store.discard_pending()
             self.stale = True
-            self._store_lost(error, envelope)
+            self._store_lost(error, envelope, arrival.user_id)
             raise Reject(str(error), requeue=True) from None
         except MessageTooLargeError as error:
             self.publisher.dead_letter_envelope(
@@ -236,6 +237,10 @@ class Runtime:
         return principal == self.broker_user or principal == topology.worker_user(
             sender, self.settings.namespace
         )
+
+    def owns_reply_to(self, principal: str, reply_to: str) -> bool:
+        """Whether ``reply_to`` is one of RabbitMQ user ``principal``'s reply queues."""
+        return topology.is_reply_queue_of(principal, reply_to, self.settings.namespace)
 
     # ------------------------------------------------------------------ durability
     def _commit(self) -> None:
@@ -300,14 +305,17 @@ class Runtime:
 
     # ------------------------------------------------------------------ store down
     def _store_lost(
-        self, error: StoreUnavailableError, envelope: bytes | memoryview | None
+        self,
+        error: StoreUnavailableError,
+        envelope: bytes | memoryview | None,
+        publisher_user: str | None = None,
     ) -> None:
         """Stop consuming until Redis answers, and tell the waiting sender why."""
         log.error("%s", error)
         if not self.store_down:
             self._hold_marker()  # before the notice: a client asking then finds it
         if envelope is not None:
-            self._notify_sender(envelope, error)
+            self._notify_sender(envelope, error, publisher_user)
         if self.store_down:
             return
         self.store_down = True
@@ -362,12 +370,28 @@ class Runtime:
             except Exception:
                 log.debug("closing the store-down marker's connection failed", exc_info=True)
 
-    def _notify_sender(self, envelope: bytes | memoryview, error: StoreUnavailableError) -> None:
-        """Send the message's sender a StoreUnavailableError notice (request None)."""
+    def _notify_sender(
+        self,
+        envelope: bytes | memoryview,
+        error: StoreUnavailableError,
+        publisher_user: str | None,
+    ) -> None:
+        """Send the message's sender a StoreUnavailableError notice (request None).
+
+        Only to a reply queue of the party the message came from (for a forward from a
+        worker of the fleet, the party it was forwarded for), as any reply.
+        """
         try:
             message = codec.decode(envelope)
             reply_to = message.get("reply_to") if isinstance(message, dict) else None
-            if not isinstance(reply_to, str):
+            if not isinstance(reply_to, str) or not publisher_user:
+                return
+            principal = publisher_user
+            if message.get("forwarded") is True and self.trusts_forwarder(
+                publisher_user, str(message.get("sender"))
+            ):
+                principal = str(message.get("on_behalf_of", publisher_user))
+            if not self.owns_reply_to(principal, reply_to):
                 return
             notice = [[None, False, {**error_to_wire(error, "store"), "worker": self.worker_id}]]
             self.publisher.publish(
