@@ -91,7 +91,10 @@ class FleetTransport:
         self._url = safe_url(self.settings.broker_url)
         self._outbox: deque[tuple[str, Body, bool]] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
-        self._inbox: queue.SimpleQueue[Body | BaseException] = queue.SimpleQueue()
+        #: replies with the worker that sent each (None: a shared account), or an error
+        self._inbox: queue.SimpleQueue[tuple[Body, str | None] | BaseException] = (
+            queue.SimpleQueue()
+        )
         self._reassembler = Reassembler(self.settings.max_object_bytes)
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
@@ -132,6 +135,11 @@ class FleetTransport:
 
     def receive(self, timeout: float) -> Body | None:
         """The next reply for this client, or None after ``timeout`` seconds."""
+        reply = self.receive_from(timeout)
+        return None if reply is None else reply[0]
+
+    def receive_from(self, timeout: float) -> tuple[Body, str | None] | None:
+        """The next reply and the worker whose own RabbitMQ user published it."""
         try:
             item = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
         except queue.Empty:
@@ -415,10 +423,11 @@ class FleetTransport:
                 self.settings.namespace,
             )
             return
+        sender = topology.worker_id_from_queue(properties.user_id, self.settings.namespace)
         headers = properties.headers or {}
         wire_chunk = headers.get(CHUNK_HEADER)
         if wire_chunk is None:
-            self._inbox.put(body)
+            self._inbox.put((body, sender))
             return
         try:
             whole = self._reassembler.add(Chunk.from_wire(wire_chunk), body, properties.user_id)
@@ -426,7 +435,7 @@ class FleetTransport:
             self._inbox.put(error)
             return
         if whole is not None:
-            self._inbox.put(whole)  # a writable buffer: big tensors decode without a copy
+            self._inbox.put((whole, sender))  # writable: big tensors decode without a copy
 
 
 def _first_part(headers: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ class Hub:
         self.engines: dict[str, Engine] = {}
         #: worker id -> (message, the principal that published it), oldest first
         self._inboxes: dict[str, deque[tuple[Body, str]]] = {}
-        self._mailboxes: dict[str, deque[Body]] = {}
+        self._mailboxes: dict[str, deque[tuple[Body, str]]] = {}
         self._draining = False
         #: (worker id, reason) of every message a worker refused whole, like the fleet's
         #: dead-letter queue: a malformed message is never raised into its sender
@@ -43,7 +43,8 @@ class Hub:
             )
         return engine
 
-    def mailbox(self, address: str) -> deque[Body]:
+    def mailbox(self, address: str) -> deque[tuple[Body, str]]:
+        """The replies waiting for ``address``, each with the worker that sent it."""
         return self._mailboxes.setdefault(address, deque())
 
     def deliver(self, worker_id: str, body: Body, principal: str) -> None:
@@ -78,7 +79,7 @@ class Hub:
         """Deliver what worker ``worker_id`` sent: replies, and forwards as that worker."""
         for kind, address, body in outgoing:
             if kind == "reply":
-                self.mailbox(address).append(body)
+                self.mailbox(address).append((body, worker_id))
             else:
                 self._inboxes.setdefault(address, deque()).append((body, worker_user(worker_id)))
 
@@ -99,6 +100,10 @@ class InProcessTransport:
         self.hub.deliver(worker_id, body, self.reply_address)
 
     def receive(self, timeout: float) -> Body | None:
+        reply = self.receive_from(timeout)
+        return None if reply is None else reply[0]
+
+    def receive_from(self, timeout: float) -> tuple[Body, str | None] | None:
         # everything runs synchronously: a reply is either here now or will never come
         return self._mailbox.popleft() if self._mailbox else None
 

@@ -106,6 +106,8 @@ class Pointer:
         #: for a pointer to a pointer: the worker ids the chain passes, first hop first (commands
         #: on it are forwarded along them); None for a pointer straight to data
         self.route = route
+        if route is not None:  # its last hop answers for it (client.session: who may answer)
+            location.session.note_chain(route)
         #: the worker a move that did not report done left from (client/locate.py), until
         #: the pointer is known to point where the data is
         self.moving_from: BaseWorker | None = None

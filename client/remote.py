@@ -185,6 +185,7 @@ def _point(pointer: Any, location: Any) -> None:
     pointer.location = location
     if pointer.route is not None:
         pointer.route = (location.id, *pointer.route[1:])
+        location.session.note_chain(pointer.route)
 
 
 def remote_get_pointer(wrapper: PointerTensor) -> Any:
@@ -256,4 +257,5 @@ def remote_send_pointer(wrapper: PointerTensor, destination: Any) -> Any:
     source._enqueue([protocol.STORE, pointer.id_at_location, record, None])
     pointer.location = source
     pointer.route = (source.id, destination.id)
+    source.session.note_chain(pointer.route)
     return wrapper

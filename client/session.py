@@ -23,6 +23,19 @@ pointer's finalizer. They hand commands over through **one** deque,
   drained only by the synchronising call (the user's thread).
 * ``_replies``, ``_errors``: written and read only by the thread that waits for
   an answer (:meth:`wait`), which is the user's thread.
+* ``_expected``, ``_chains``: who may answer a request; written by the user's thread
+  (requests, pointers made on chains) and read while it waits.
+
+Who may answer
+--------------
+A reply is taken only from a worker the request was expected to be answered by:
+the worker it went to, the workers it depends on (a move's destination), and any
+worker reachable from those along a pointer chain this client made (a chain's last
+hop answers for it). A reply for the request from any other worker, one that
+RabbitMQ vouches is a worker of the fleet, is dropped and counted
+(``misdirected_replies``): a data owner cannot answer for another owner. A
+transport that cannot tell workers apart (a shared broker account) gives no sender,
+and then only the transport's own checks apply.
 
 (An earlier version kept a dict of per-worker deques that the flusher emptied
 and removed while the user's thread appended to them: a command appended to a
@@ -32,6 +45,7 @@ deque just removed from the dict was never sent.)
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import threading
@@ -49,6 +63,8 @@ from broker.errors import (
     error_from_wire,
 )
 from client.transport import Transport
+
+log = logging.getLogger(__name__)
 
 #: commands waiting in a session before it flushes by itself
 DEFAULT_BATCH_SIZE = 1000
@@ -102,6 +118,12 @@ class Session:
         self._store_notices: set[str] = set()
         #: chains that forwarded commands since the last synchronising call (worker id paths)
         self._routes: deque[tuple[str, ...]] = deque()
+        #: every hop of every pointer chain made so far: worker id -> the next hops
+        self._chains: dict[str, set[str]] = {}
+        #: request id -> the workers it was sent to or depends on (see "Who may answer")
+        self._expected: dict[int, tuple[str, ...]] = {}
+        #: replies dropped because a worker answered a request it was not asked
+        self.misdirected_replies = 0
         #: worker id -> client-side handle, so pointers that arrive by id find their worker
         self.workers: dict[str, Any] = {}
         self.worker_factory: Callable[[str], Any] | None = None
@@ -136,6 +158,24 @@ class Session:
     def note_route(self, route: tuple[str, ...]) -> None:
         """A queued command will be forwarded along ``route``: the next sync call waits for it."""
         self._routes.append(route)
+        self.note_chain(route)
+
+    def note_chain(self, route: tuple[str, ...]) -> None:
+        """A pointer chain passes ``route``: its later hops may answer requests to the first."""
+        chains = self._chains
+        for hop, next_hop in itertools.pairwise(route):
+            if next_hop not in chains.get(hop, ()):
+                chains.setdefault(hop, set()).add(next_hop)
+
+    def _answerers(self, workers: tuple[str, ...]) -> set[str]:
+        """``workers`` and every worker reachable from them along this client's chains."""
+        found, todo = set(workers), list(workers)
+        while todo:
+            for next_hop in self._chains.get(todo.pop(), ()):
+                if next_hop not in found:
+                    found.add(next_hop)
+                    todo.append(next_hop)
+        return found
 
     def pending(self) -> int:
         """How many commands are queued and not yet sent."""
@@ -207,6 +247,7 @@ class Session:
                 self._check_worker(suspect, label, time.monotonic() + self.timeout)
         request_id = next(self._requests)
         command[-1] = request_id
+        self._expected[request_id] = (worker_id, *watch)
         with self._flush_lock:  # keep the batch the request goes in, to send it again
             self._keep_sent = True
             try:
@@ -233,6 +274,7 @@ class Session:
             pending = []
             for worker_id in hops:
                 request_id = next(self._requests)
+                self._expected[request_id] = (worker_id,)
                 self.enqueue(worker_id, [protocol.PING, request_id])
                 pending.append((request_id, worker_id))
             self.flush()
@@ -278,12 +320,12 @@ class Session:
                     resent = True
                 now = time.monotonic()
                 try:
-                    body = self.transport.receive(max(min(deadline, next_probe) - now, 0.0))
+                    reply = self.transport.receive_from(max(min(deadline, next_probe) - now, 0.0))
                 except WorkerUnavailableError as error:  # a batch reached no worker queue
                     self._undelivered(error, workers, label)
                     continue
-                if body is not None:
-                    self._dispatch(body)
+                if reply is not None:
+                    self._dispatch(*reply)
                     if self._store_notices & set(workers):
                         next_probe = 0.0  # ask now: is that store still down?
                     continue
@@ -298,6 +340,8 @@ class Session:
         except BaseException:
             self._abandoned.add(request_id)
             raise
+        finally:
+            self._expected.pop(request_id, None)
         ok, payload = self._replies.pop(request_id)
         if resent:
             self._abandoned.add(request_id)  # a second reply may come: nobody reads it
@@ -350,7 +394,7 @@ class Session:
         """Flush and wait until ``worker_id`` has run everything sent so far."""
         self.request(worker_id, [protocol.PING, None], "ping")
 
-    def _dispatch(self, body: codec.Body) -> None:
+    def _dispatch(self, body: codec.Body, sender: str | None = None) -> None:
         message = codec.decode(body)
         for request_id, ok, payload in message.get("replies", ()):
             if request_id is None:
@@ -366,8 +410,26 @@ class Session:
                 self._errors.append(error_from_wire(payload))
             elif request_id in self._abandoned:
                 self._abandoned.discard(request_id)  # its caller gave up: nobody reads it
-            else:
+            elif self._may_answer(request_id, sender):
                 self._replies[request_id] = (ok, payload)
+            else:
+                self.misdirected_replies += 1
+                log.warning(
+                    "dropped a reply from worker %s to request %s, which it was not asked",
+                    sender,
+                    request_id,
+                )
+
+    def _may_answer(self, request_id: Any, sender: str | None) -> bool:
+        """Whether worker ``sender`` may answer ``request_id`` (see "Who may answer").
+
+        Nobody may answer a request this client has not sent (a reply made up ahead for
+        a request id it will use next would otherwise be taken when it does).
+        """
+        expected = self._expected.get(request_id)
+        if expected is None:
+            return False
+        return sender is None or sender in expected or sender in self._answerers(expected)
 
     # ------------------------------------------------------------------ workers
     def worker(self, worker_id: str) -> Any:

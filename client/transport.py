@@ -51,6 +51,14 @@ class Transport(Protocol):
     def receive(self, timeout: float) -> Body | None:
         """The next reply message for this client, or None if none came within ``timeout``."""
 
+    def receive_from(self, timeout: float) -> tuple[Body, str | None] | None:
+        """Like :meth:`receive`, with the id of the worker that sent the reply.
+
+        The sender is what the transport can vouch for (the RabbitMQ-checked ``user_id``
+        of a worker's own user; the engine that produced it, in-process), or None where
+        it cannot tell one worker from another (workers sharing one broker account).
+        """
+
     def worker_state(
         self, worker_id: str, timeout: float, look_for_marker: bool = False
     ) -> WorkerState | None:

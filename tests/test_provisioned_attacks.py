@@ -29,7 +29,7 @@ from provisioned import PartyClient, Provisioned, provisioned_fleet
 
 import client as sy
 from broker import codec, protocol, topology
-from broker.amqp import message_properties
+from broker.amqp import message_properties, pika_url
 from broker.protocol import PointerRecord, Ref
 from broker.settings import get_settings
 from client.fleet import get_fleet_transport, reset_fleet_transport
@@ -215,6 +215,40 @@ def test_a_forged_reply_never_reaches_carol(
     finally:
         connection.close()
     assert get_fleet_transport().forged_replies == 0
+
+
+def test_an_owner_cannot_answer_for_another_owner(
+    provisioned: Fleet, victim: tuple[Any, Any], secret: Any
+) -> None:
+    """Owner alice, whom carol talks to, makes up bob's answers to carol's next requests:
+    RabbitMQ vouches they come from alice, so carol drops them (misdirected)."""
+    bob, alice = victim
+    alice.synchronize()  # carol talks to alice too
+    session, transport = bob.session, get_fleet_transport()
+    upcoming = next(session._requests)
+    as_alice = pika.BlockingConnection(
+        pika.URLParameters(pika_url(provisioned.files.env("alice")["TENSORFLEET_BROKER_URL"]))
+    )
+    alice_user = topology.worker_user("alice", provisioned.files.namespace)
+    try:
+        channel = as_alice.channel()
+        channel.confirm_delivery()
+        for request_id in range(upcoming + 1, upcoming + 5):  # the next four of carol's
+            forged = protocol.reply_envelope([[request_id, True, torch.full((6,), 666.0)]])
+            channel.basic_publish(
+                "",
+                transport.reply_address,
+                bytes(codec.encode(forged)),
+                pika.BasicProperties(user_id=alice_user, **message_properties()),
+            )
+    finally:
+        as_alice.close()
+    dropped = session.misdirected_replies
+    # a ping to bob, request upcoming + 1: alice's answer to it (confirmed, so queued ahead
+    # of bob's) is dropped for its sender, the three others as answers to nothing asked
+    bob.synchronize()
+    assert session.misdirected_replies == dropped + 4
+    assert torch.equal((secret * 1).get(), SECRET)
 
 
 # ------------------------------------------------------------------ on the broker and in Redis
