@@ -192,6 +192,8 @@ SCHEMA: dict[str, tuple[Check, ...]] = {
     protocol.FORWARD_FAILED: (_ids, _error_record),
     protocol.PLAN: (_id, _plan_data, _request),
     protocol.RUN_PLAN: (_id, _args, _ids, _flag, _request),
+    protocol.FETCH_PLAN: (_id, _request),
+    protocol.ALLOWED_TO_GET: (_id, _request),
 }
 
 assert SCHEMA.keys() == protocol.COMMAND_ARITY.keys(), "every command needs a schema"
