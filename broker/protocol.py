@@ -45,8 +45,9 @@ plan                [plan_id, plan_data, request]: check a plan (worker/plans.py
                     keep it under plan_id
 run_plan            [plan_id, args, result_ids, grad_enabled, request]: run a stored
                     plan on stored inputs, keep its outputs under result_ids
-fetch_plan          [plan_id, request]: reply with the stored plan's data (its owner
-                    only); the worker keeps the plan (PointerPlan.get, fetch_plan)
+fetch_plan          [plan_id or tag, request]: reply with the stored plan's data (its
+                    owner only; a tag must name exactly one of the caller's plans); the
+                    worker keeps the plan (PointerPlan.get, worker.fetch_plan)
 allowed_to_get      [id, request]: reply whether the caller may .get() the object
                     (worker.access: False for data the operator hosts)
 ==================  ===========================================================

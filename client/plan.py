@@ -255,7 +255,7 @@ class Trace:
     reads_shapes: bool
     _metas: dict[Any, tuple[Meta, ...] | None] = field(default_factory=dict)
 
-    def wire(self) -> dict[str, Any]:
+    def wire(self, tags: Any = (), description: str | None = None) -> dict[str, Any]:
         """The plan data (:mod:`broker.plan_format`), its state encoded now."""
         return plan_data(
             self.name,
@@ -263,6 +263,8 @@ class Trace:
             [codec.tensor_ext(_without_grad(t)) for t in self.state],
             self.ops,
             self.outputs,
+            list(tags),
+            description,
         )
 
     def output_metas(self, input_metas: tuple[Meta, ...], grad: bool) -> tuple[Meta, ...] | None:
@@ -479,6 +481,9 @@ class Plan(nn.Module):
         self._function = function
         #: tensors declared with func2plan(state=...): the function's last argument
         self._state_tensors = None if state is None else list(state)
+        #: plan.tag(...) / plan.describe(...): they travel with the plan (fetch_plan("#tag"))
+        self.tags: set[str] = set()
+        self.description: str | None = None
         self.plan_name = name or getattr(function, "__name__", None) or type(self).__name__
         self.id = new_id()
         self._trace: Trace | None = None
@@ -513,6 +518,24 @@ class Plan(nn.Module):
 
     #: PySyft 0.2.4's other name for the traced ops
     actions = readable_plan
+
+    def tag(self, *tags: str) -> Plan:
+        """``plan.tag("#net")``: tags sent with the plan; returns the plan."""
+        for item in tags:
+            if not isinstance(item, str) or not item or len(item.split()) != 1 or len(item) > 256:
+                raise TypeError(
+                    "a tag is a non-empty string without spaces (at most 256 characters) such "
+                    f"as '#net', not {item!r:.40}"
+                )
+        self.tags |= set(tags)
+        return self
+
+    def describe(self, description: str) -> Plan:
+        """``plan.describe("a two-layer net")``: sent with the plan; returns the plan."""
+        if not isinstance(description, str):
+            raise TypeError(f"a description is a string, not {type(description).__name__}")
+        self.description = description
+        return self
 
     @classmethod
     def from_trace(cls, built: Trace) -> Plan:
@@ -567,7 +590,8 @@ class Plan(nn.Module):
         built = self.trace
         plan_id = new_id()
         location._request(
-            [protocol.PLAN, plan_id, built.wire(), None], f"send plan {self.plan_name}"
+            [protocol.PLAN, plan_id, built.wire(self.tags, self.description), None],
+            f"send plan {self.plan_name}",
         )
         pointer = PointerPlan(built, {location.id: _RemotePlan(location, plan_id)})
         self._pointers[key] = pointer

@@ -1,4 +1,4 @@
-"""Plan retrieval: ``PointerPlan.get()`` and ``worker.fetch_plan(plan_id)`` (PySyft 0.2.4).
+"""Plan retrieval (PySyft 0.2.4): ``PointerPlan.get()``, ``worker.fetch_plan(id or "#tag")``.
 
 The worker answers a ``fetch_plan`` command with the plan data it keeps (the format
 of :mod:`broker.plan_format`, state tensors included) and keeps its copy, as PySyft
@@ -42,11 +42,17 @@ def trace_from_wire(data: Any, source: str) -> Trace:
     )
 
 
-def fetch_plan(location: Any, plan_id: int) -> Plan:
-    """The plan ``location`` keeps under ``plan_id``, as a local :class:`Plan`."""
-    if type(plan_id) is not int or isinstance(plan_id, bool):
-        raise TypeError(f"a plan id is an int (PointerPlan.id_at_location), not {plan_id!r:.40}")
+def fetch_plan(location: Any, plan_id: int | str) -> Plan:
+    """The plan ``location`` keeps under ``plan_id`` (or the one of yours with that tag)."""
+    if type(plan_id) is not int and type(plan_id) is not str:
+        raise TypeError(
+            f"a plan is named by its id (PointerPlan.id_at_location) or a tag, not {plan_id!r:.40}"
+        )
     data = location._request(
         [protocol.FETCH_PLAN, plan_id, None], f"fetch plan {plan_id} from {location.id}"
     )
-    return Plan.from_trace(trace_from_wire(data, str(location.id)))
+    plan = Plan.from_trace(trace_from_wire(data, str(location.id)))
+    parsed_tags, description = data.get("tags", []), data.get("description")
+    plan.tags = set(parsed_tags)
+    plan.description = description
+    return plan

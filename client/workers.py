@@ -173,8 +173,8 @@ class BaseWorker:
         self._request([protocol.CLEAR, None], "clear_objects")
         return self if return_self else None
 
-    def fetch_plan(self, plan_id: int, location: Any = None, copy: bool = False) -> Any:
-        """The plan kept under ``plan_id`` on this worker (or on ``location``), as a Plan.
+    def fetch_plan(self, plan_id: int | str, location: Any = None, copy: bool = False) -> Any:
+        """The plan kept under ``plan_id`` (or tagged so) on this worker (or ``location``).
 
         ``bob.fetch_plan(ptr_plan.id_at_location)``, or PySyft's
         ``me.fetch_plan(plan_id, bob, copy=False)``. The worker keeps its copy and the

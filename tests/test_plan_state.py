@@ -18,7 +18,7 @@ from torch import nn
 
 import client as sy
 from broker import protocol
-from broker.errors import PermissionDeniedError
+from broker.errors import PermissionDeniedError, PlanNotFoundError
 
 BIAS = torch.tensor([1.0])
 
@@ -185,9 +185,33 @@ def test_fetching_what_is_not_a_plan_says_so(bob: Any) -> None:
         bob.fetch_plan(x.id_at_location)
     with pytest.raises(sy.ObjectNotFoundError):
         bob.fetch_plan(12345)
-    with pytest.raises(TypeError, match="a plan id is an int"):
-        bob.fetch_plan("#my-plan")
+    with pytest.raises(TypeError, match=r"by its id .* or a tag"):
+        bob.fetch_plan(1.5)
     assert torch.equal(x.get(), torch.tensor([1.0]))  # bob keeps serving
+
+
+def test_fetch_plan_by_tag(bob: Any) -> None:
+    foo = stateful().tag("#affine", "#v1").describe("doubles and adds one")
+    pointer_plan = foo.send(bob)
+
+    fetched = bob.fetch_plan("#affine")
+
+    assert fetched.tags == {"#affine", "#v1"}
+    assert fetched.description == "doubles and adds one"
+    assert torch.equal(fetched(torch.tensor([1.0])), torch.tensor([3.0]))
+    with pytest.raises(PlanNotFoundError, match=r'"bob" has 0 of your plans tagged #nothing'):
+        bob.fetch_plan("#nothing")
+    other = stateful().tag("#v1").send(bob)
+    with pytest.raises(PlanNotFoundError, match="has 2 of your plans tagged #v1"):
+        bob.fetch_plan("#v1")
+    assert pointer_plan.id_at_location != other.id_at_location
+
+
+def test_plan_tags_must_be_tags() -> None:
+    with pytest.raises(TypeError, match="a tag is a non-empty string without spaces"):
+        stateful().tag("two words")
+    with pytest.raises(TypeError, match="a description is a string"):
+        stateful().describe(3)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ attacks
@@ -201,8 +225,15 @@ def test_another_client_cannot_fetch_my_plan(bob: Any, attacker: Any) -> None:
 
     assert error["type"] == PermissionDeniedError.__name__
     assert str(pointer_plan.id_at_location) in error["message"] and "bob" in error["message"]
+    # by tag, another client's plans are never even found
+    tagged = stateful().tag("#victim").send(bob)  # bob keeps it while the pointer lives
+    bob.synchronize()
+    error = refusal(attacker, "bob", [protocol.FETCH_PLAN, "#victim", 2])
+    assert error["type"] == PlanNotFoundError.__name__ and "has 0 of your plans" in error["message"]
     # mine still fetches and runs
     assert torch.equal(pointer_plan.get()(torch.tensor([1.0])), torch.tensor([3.0]))
+    assert torch.equal(bob.fetch_plan("#victim")(torch.tensor([1.0])), torch.tensor([3.0]))
+    assert tagged.location is bob
 
 
 def test_a_malformed_fetch_plan_is_refused_and_the_worker_keeps_serving(
@@ -211,13 +242,18 @@ def test_a_malformed_fetch_plan_is_refused_and_the_worker_keeps_serving(
     pointer_plan = stateful().send(bob)
     bob.synchronize()
 
-    for bad in ("plan", -1, 2**63, 1.5, None):
+    for bad in ("", "#" * 300, -1, 2**63, 1.5, None, [1]):
         error = refusal(attacker, "bob", [protocol.FETCH_PLAN, bad, 1])
         assert error["type"] == "MalformedMessageError", bad
-        assert "fetch_plan field 1" in error["message"] and "object id" in error["message"]
+        assert "fetch_plan field 1" in error["message"]
+    # a plan whose tags are not tags is refused on arrival
+    bad_plan = stateful().trace.wire()
+    bad_plan["tags"] = [7]
+    error = refusal(attacker, "bob", [protocol.PLAN, 5, bad_plan, 3])
+    assert error["type"] == "MalformedMessageError" and "tags must be a list" in error["message"]
     # and in an honest client's session too
     session = bob.session
-    session.enqueue(bob.id, [protocol.FETCH_PLAN, "x", None])
+    session.enqueue(bob.id, [protocol.FETCH_PLAN, 2.5, None])
     with pytest.raises(sy.exceptions.MalformedMessageError, match="fetch_plan field 1"):
         session.synchronize(bob.id)
     x = torch.tensor([1.0]).send(bob)

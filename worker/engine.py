@@ -29,6 +29,7 @@ from broker.errors import (
     InvalidTensorForRemoteGet,
     MalformedMessageError,
     ObjectNotFoundError,
+    PlanNotFoundError,
     QuotaExceededError,
     TensorsNotCollocatedException,
     UnknownCommandError,
@@ -706,11 +707,27 @@ class Engine:
         if request is not None:
             self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])
 
-    def _fetch_plan(self, plan_id: int, request: int | None) -> None:
-        """Reply with a stored plan's data; the plan stays here (only its owner may fetch)."""
+    def _fetch_plan(self, plan_id: int | str, request: int | None) -> None:
+        """Reply with a stored plan's data; the plan stays here (only its owner may fetch).
+
+        A tag names the one plan of the caller's that carries it; other principals' plans
+        are never looked at, so a tag cannot reveal them.
+        """
         from worker.plans import StoredPlan
 
         try:
+            if type(plan_id) is str:
+                owners, principal = self.store.owners, self._principal
+                found = [
+                    key
+                    for key, obj in self.store.objects.items()
+                    if isinstance(obj, StoredPlan)
+                    and plan_id in obj.tags
+                    and owners.get(key) == principal
+                ]
+                if len(found) != 1:
+                    raise PlanNotFoundError(self.worker_id, plan_id, len(found))
+                plan_id = found[0]
             plan = self._lookup(plan_id, Access.TAKE)
             if not isinstance(plan, StoredPlan):
                 raise TypeError(
