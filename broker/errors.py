@@ -318,6 +318,18 @@ class GetNotPermittedError(TensorFleetError):
         )
 
 
+class PlanNotFoundError(TensorFleetError):
+    """``worker.fetch_plan("#tag")`` found none, or more than one, of the caller's plans."""
+
+    def __init__(self, worker: str, query: str, found: int) -> None:
+        super().__init__(
+            f'Worker "{worker}" has {found} of your plans tagged {query}, and fetch_plan by '
+            "tag needs exactly one: tag the plan before sending it (plan.tag(...)), tag your "
+            "plans apart, or fetch by id (PointerPlan.id_at_location). Other clients' plans "
+            "are never found."
+        )
+
+
 class DatasetNotFoundError(TensorFleetError):
     """A search for one tensor of a hosted dataset found none, or more than one."""
 
@@ -395,6 +407,7 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         PermissionDeniedError,
         GetNotPermittedError,
         DatasetNotFoundError,
+        PlanNotFoundError,
         WorkerNotFoundException,
         NotSupportedError,
         RemoteExecutionError,

@@ -7,7 +7,9 @@ A plan travels as plain msgpack data, never pickle or Python source::
      "inputs": 2,                          # slots 0 .. inputs-1 are the call's tensors
      "state": [<tensor>, ...],             # slots inputs .. inputs+len(state)-1 (parameters)
      "ops": [[wire_name, args, kwargs, outs], ...],
-     "outputs": [slot, ...]}               # what a call returns, in order
+     "outputs": [slot, ...],               # what a call returns, in order
+     "tags": ["#tag", ...],                # optional: plan.tag(...), for fetch_plan("#tag")
+     "description": "..."}                 # optional: plan.describe(...)
 
 ``args`` and ``kwargs`` are wire values in which :class:`broker.protocol.Slot`
 markers (their own msgpack extension type) stand for tensors. ``outs`` has one
@@ -34,14 +36,24 @@ PLAN_VERSION = 1
 #: the most ops a plan may hold (a bound on the work one message can ask for)
 MAX_OPS = 100_000
 PLAN_KEYS = frozenset({"version", "name", "inputs", "state", "ops", "outputs"})
+#: keys a plan may also have
+OPTIONAL_KEYS = frozenset({"tags", "description"})
+#: the most tags a plan may carry, and the longest tag and description
+MAX_TAGS, MAX_TAG_LENGTH, MAX_DESCRIPTION = 64, 256, 4096
 _SCALARS = (bool, int, float, str, complex, torch.dtype, torch.memory_format, torch.device)
 
 
 def plan_data(
-    name: str, inputs: int, state: list[Any], ops: list[list[Any]], outputs: list[int]
+    name: str,
+    inputs: int,
+    state: list[Any],
+    ops: list[list[Any]],
+    outputs: list[int],
+    tags: list[str] | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """The plan data a client sends (``state``: tensors, or tensors already encoded)."""
-    return {
+    data: dict[str, Any] = {
         "version": PLAN_VERSION,
         "name": name,
         "inputs": inputs,
@@ -49,6 +61,11 @@ def plan_data(
         "ops": ops,
         "outputs": outputs,
     }
+    if tags:
+        data["tags"] = sorted(tags)
+    if description:
+        data["description"] = description
+    return data
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,8 @@ class ParsedPlan:
     state: list[torch.Tensor]
     ops: list[ParsedOp]
     outputs: list[int]
+    tags: frozenset[str] = frozenset()
+    description: str | None = None
 
 
 def malformed(reason: str) -> MalformedMessageError:
@@ -82,10 +101,24 @@ def parse_plan(data: Any) -> ParsedPlan:
     """Check plan data completely (but for op names); MalformedMessageError otherwise."""
     if not isinstance(data, dict):
         raise malformed("plan data is not a map")
-    if set(data) != PLAN_KEYS:
+    if not PLAN_KEYS <= set(data) <= PLAN_KEYS | OPTIONAL_KEYS:
         raise malformed(
-            f"plan data needs exactly the keys {sorted(PLAN_KEYS)}, not {sorted(map(str, data))}"
+            f"plan data needs exactly the keys {sorted(PLAN_KEYS)} (and may have "
+            f"{sorted(OPTIONAL_KEYS)}), not {sorted(map(str, data))}"
         )
+    tags, description = data.get("tags", []), data.get("description")
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG_LENGTH for t in tags)
+    ):
+        raise malformed(
+            f"tags must be a list of at most {MAX_TAGS} strings of 1 to {MAX_TAG_LENGTH} characters"
+        )
+    if description is not None and (
+        not isinstance(description, str) or len(description) > MAX_DESCRIPTION
+    ):
+        raise malformed(f"the description must be a string of at most {MAX_DESCRIPTION} characters")
     if data["version"] != PLAN_VERSION:
         raise malformed(f"unsupported plan version {data['version']!r}")
     name, inputs, state = data["name"], data["inputs"], data["state"]
@@ -108,7 +141,9 @@ def parse_plan(data: Any) -> ParsedPlan:
     for out in outputs:
         if type(out) is not int or not 0 <= out < defined:
             raise malformed(f"output slot {out!r} is not defined (slots 0..{defined - 1} are)")
-    return ParsedPlan(name, inputs, list(state), parsed, list(outputs))
+    return ParsedPlan(
+        name, inputs, list(state), parsed, list(outputs), frozenset(tags), description
+    )
 
 
 def _parse_op(position: int, op: Any, defined: int) -> ParsedOp:

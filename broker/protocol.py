@@ -45,6 +45,11 @@ plan                [plan_id, plan_data, request]: check a plan (worker/plans.py
                     keep it under plan_id
 run_plan            [plan_id, args, result_ids, grad_enabled, request]: run a stored
                     plan on stored inputs, keep its outputs under result_ids
+fetch_plan          [plan_id or tag, request]: reply with the stored plan's data (its
+                    owner only; a tag must name exactly one of the caller's plans); the
+                    worker keeps the plan (PointerPlan.get, worker.fetch_plan)
+allowed_to_get      [id, request]: reply whether the caller may .get() the object
+                    (worker.access: False for data the operator hosts)
 ==================  ===========================================================
 
 A reply is ``{"v": 1, "replies": [[request, ok, payload], ...]}``: ``ok`` is True
@@ -76,6 +81,8 @@ SEARCH = "search"
 FORWARD_FAILED = "forward_failed"
 PLAN = "plan"
 RUN_PLAN = "run_plan"
+FETCH_PLAN = "fetch_plan"
+ALLOWED_TO_GET = "allowed_to_get"
 
 #: Command name -> number of fields after the name.
 COMMAND_ARITY: dict[str, int] = {
@@ -94,6 +101,8 @@ COMMAND_ARITY: dict[str, int] = {
     FORWARD_FAILED: 2,
     PLAN: 3,
     RUN_PLAN: 5,
+    FETCH_PLAN: 2,
+    ALLOWED_TO_GET: 2,
 }
 
 #: Attributes of a stored tensor that a Ref may name.

@@ -165,6 +165,14 @@ def _error_record(value: Any) -> str | None:
     return "an error record must map strings to strings"
 
 
+def _id_or_tag(value: Any) -> str | None:
+    if type(value) is str:
+        return _name(value)
+    if is_id(value):
+        return None
+    return f"a plan is named by an object id (an int in [0, 2**63)) or a tag, not {value!r:.40}"
+
+
 def _plan_data(value: Any) -> str | None:
     # broker.plan_format parses the plan fully (ops, slots, state) before it is kept;
     # here only its depth is bounded, so that parsing cannot recurse without limit
@@ -192,6 +200,8 @@ SCHEMA: dict[str, tuple[Check, ...]] = {
     protocol.FORWARD_FAILED: (_ids, _error_record),
     protocol.PLAN: (_id, _plan_data, _request),
     protocol.RUN_PLAN: (_id, _args, _ids, _flag, _request),
+    protocol.FETCH_PLAN: (_id_or_tag, _request),
+    protocol.ALLOWED_TO_GET: (_id, _request),
 }
 
 assert SCHEMA.keys() == protocol.COMMAND_ARITY.keys(), "every command needs a schema"

@@ -23,7 +23,7 @@ from client import (
     exceptions,  # every error, as sy.exceptions (PySyft's syft.exceptions)
     federated,  # federated learning: FederatedDataset/Loader, Optims, FedAvg
 )
-from client.federated import FederatedDataLoader, FederatedDataset
+from client.federated import BaseDataset, FederatedDataLoader, FederatedDataset, PointerDataset
 from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor, combine_pointers
 from client.plan import Plan, func2plan
@@ -41,6 +41,7 @@ def __getattr__(name: str) -> Any:
 local_worker: Any = None
 
 __all__ = [
+    "BaseDataset",
     "BaseWorker",
     "BrokerConnectionError",
     "FederatedDataLoader",
@@ -54,6 +55,7 @@ __all__ = [
     "ObjectNotFoundError",
     "Plan",
     "PlanNotBuiltError",
+    "PointerDataset",
     "PointerTensor",
     "TensorFleetError",
     "TensorsNotCollocatedException",

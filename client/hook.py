@@ -2,7 +2,7 @@
 
 PySyft 0.2 monkeypatched every torch function. TensorFleet intercepts through
 ``__torch_function__`` on its pointer type instead, and attaches only this
-short, listed set: ``Tensor.send``/``send_``/``copy``, ``Tensor.tag`` and
+short, listed set: ``Tensor.send``/``send_``/``copy``/``allowed_to_get``, ``Tensor.tag`` and
 ``Tensor.describe`` (client/hosted.py), the ``nn.Module`` methods
 ``send``/``get``/``copy``/``move``, ``Dataset.federate``, and stubs for PySyft's
 methods TensorFleet lacks (:mod:`client.unsupported`). Hooking twice changes nothing.
@@ -45,6 +45,11 @@ def _tensor_copy(self: torch.Tensor) -> torch.Tensor:
     return self.clone()
 
 
+def _tensor_allowed_to_get(self: torch.Tensor) -> bool:
+    """``t.allowed_to_get()``: a local tensor is yours (a pointer asks its worker)."""
+    return True
+
+
 def _install() -> None:
     global _installed
     if _installed:
@@ -56,6 +61,7 @@ def _install() -> None:
     torch.Tensor.describe = hosted.describe  # type: ignore[attr-defined]
     torch.Tensor.send_ = _tensor_send_  # type: ignore[attr-defined]
     torch.Tensor.copy = _tensor_copy  # type: ignore[attr-defined]
+    torch.Tensor.allowed_to_get = _tensor_allowed_to_get  # type: ignore[attr-defined]
     unsupported.install(torch.Tensor, torch.nn.Module)  # PySyft's methods we lack: clear errors
     for name in ("send", "get", "copy", "move"):
         setattr(torch.nn.Module, name, getattr(module_methods, f"module_{name}"))

@@ -255,7 +255,7 @@ class Trace:
     reads_shapes: bool
     _metas: dict[Any, tuple[Meta, ...] | None] = field(default_factory=dict)
 
-    def wire(self) -> dict[str, Any]:
+    def wire(self, tags: Any = (), description: str | None = None) -> dict[str, Any]:
         """The plan data (:mod:`broker.plan_format`), its state encoded now."""
         return plan_data(
             self.name,
@@ -263,6 +263,8 @@ class Trace:
             [codec.tensor_ext(_without_grad(t)) for t in self.state],
             self.ops,
             self.outputs,
+            list(tags),
+            description,
         )
 
     def output_metas(self, input_metas: tuple[Meta, ...], grad: bool) -> tuple[Meta, ...] | None:
@@ -290,19 +292,31 @@ class Trace:
         return metas
 
     def _replay(self, input_metas: tuple[Meta, ...], grad: bool) -> tuple[Meta, ...] | None:
-        slots: list[Any] = [_meta_tensor(m) for m in input_metas]
-        slots += [_meta_tensor(_meta_of(t)) for t in self.state]
+        inputs = [_meta_tensor(m) for m in input_metas]
+        state = [_meta_tensor(_meta_of(t)) for t in self.state]
         try:
             with torch.set_grad_enabled(grad):
-                for func, (_, args, kwargs, outs) in zip(self.funcs, self.ops, strict=True):
-                    result = func(*bind_slots(args, slots), **bind_slots(kwargs, slots))
-                    results = (result,) if isinstance(result, torch.Tensor) else result or ()
-                    slots += [
-                        value for out, value in zip(outs, results, strict=True) if out is not None
-                    ]
+                outputs = self.run(inputs, state)
         except Exception:  # no meta kernel: the worker will describe the results
             return None
-        return tuple(_meta_of(slots[index]) for index in self.outputs)
+        return tuple(_meta_of(tensor) for tensor in outputs)
+
+    def run(self, inputs: list[Any], state: list[Any] | None = None) -> list[Any]:
+        """Replay the op list on ``inputs`` (and ``state``, default the plan's own)."""
+        if len(inputs) != self.inputs:
+            raise TypeError(
+                f"the plan {self.name} takes {self.inputs} tensor(s), {len(inputs)} were given"
+            )
+        slots: list[Any] = [*inputs, *(self.state if state is None else state)]
+        for func, (_, args, kwargs, outs) in zip(self.funcs, self.ops, strict=True):
+            result = func(*bind_slots(args, slots), **bind_slots(kwargs, slots))
+            results = (result,) if isinstance(result, torch.Tensor) else result or ()
+            slots += [value for out, value in zip(outs, results, strict=True) if out is not None]
+        return [slots[index] for index in self.outputs]
+
+    def readable(self) -> list[str]:
+        """One line of pseudo-code per op (PySyft's ``readable_plan``)."""
+        return [line.strip() for line in self.code().splitlines()[1 + bool(self.state) : -1]]
 
     def pack(self, results: list[Any]) -> Any:
         return results[0] if self.container is None else self.container(results)
@@ -341,8 +355,17 @@ def _without_grad(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().requires_grad_(tensor.requires_grad)
 
 
-def trace(function: Callable[..., Any], examples: Sequence[Any], name: str) -> Trace:
-    """Run ``function`` on copies of ``examples`` and record it as a :class:`Trace`."""
+def trace(
+    function: Callable[..., Any],
+    examples: Sequence[Any],
+    name: str,
+    state: Sequence[torch.Tensor] = (),
+) -> Trace:
+    """Run ``function`` on copies of ``examples`` and record it as a :class:`Trace`.
+
+    ``state``: tensors declared as the plan's state (``func2plan(state=...)``); they
+    are its first state slots, in order, whether the function reads them or not.
+    """
     inputs: list[torch.Tensor] = []
     for position, example in enumerate(examples):
         if type(example) is PointerTensor:  # build from its metadata: the data stays remote
@@ -360,6 +383,8 @@ def trace(function: Callable[..., Any], examples: Sequence[Any], name: str) -> T
     tracer = _Tracer(name)
     for tensor in inputs:
         tracer.add_input(tensor)
+    for tensor in state:
+        tracer.var(tensor)
     with tracer:
         result = function(*inputs)
     if isinstance(result, torch.Tensor):
@@ -417,6 +442,28 @@ def _worker_key(worker: Any) -> tuple[int, str]:
     return (id(worker.session), worker.id)
 
 
+class State:
+    """A plan's state tensors (PySyft's ``plan.state``); ``read()`` returns them in order.
+
+    A function made a plan with ``func2plan(state=(t, ...))`` gets its State as its last
+    argument and reads it: ``(bias,) = state.read()``. The tensors travel with the plan
+    when it is sent, and are what a call on the worker uses.
+    """
+
+    def __init__(self, tensors: Any) -> None:
+        self._tensors: list[torch.Tensor] = list(tensors)
+
+    def read(self) -> list[torch.Tensor]:
+        """The state tensors, in order (the same objects the plan uses)."""
+        return list(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return f"<State of {len(self._tensors)} tensor(s)>"
+
+
 class Plan(nn.Module):
     """A function or model that can be built into an op list and sent to workers.
 
@@ -424,9 +471,19 @@ class Plan(nn.Module):
     make one from a function with :func:`func2plan`.
     """
 
-    def __init__(self, function: Callable[..., Any] | None = None, name: str | None = None) -> None:
+    def __init__(
+        self,
+        function: Callable[..., Any] | None = None,
+        name: str | None = None,
+        state: Sequence[torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self._function = function
+        #: tensors declared with func2plan(state=...): the function's last argument
+        self._state_tensors = None if state is None else list(state)
+        #: plan.tag(...) / plan.describe(...): they travel with the plan (fetch_plan("#tag"))
+        self.tags: set[str] = set()
+        self.description: str | None = None
         self.plan_name = name or getattr(function, "__name__", None) or type(self).__name__
         self.id = new_id()
         self._trace: Trace | None = None
@@ -438,8 +495,54 @@ class Plan(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         if self._function is None:
+            if self._trace is not None and type(self) is Plan:  # fetched: replay its ops
+                return self._trace.pack(self._trace.run(list(args)))
             raise NotImplementedError(f"{type(self).__name__} needs a forward() method")
+        if self._state_tensors is not None:
+            return self._function(*args, State(self._state_tensors))
         return self._function(*args)
+
+    @property
+    def state(self) -> State:
+        """The plan's state: what it uses besides its inputs (declared state, parameters)."""
+        if self._trace is not None:
+            return State(self._trace.state)
+        if self._state_tensors is not None:
+            return State(self._state_tensors)
+        return State(self.parameters())
+
+    @property
+    def readable_plan(self) -> list[str]:
+        """The traced ops, one line of pseudo-code each (``_2 = torch.add(_0, _1)``)."""
+        return self.trace.readable()
+
+    #: PySyft 0.2.4's other name for the traced ops
+    actions = readable_plan
+
+    def tag(self, *tags: str) -> Plan:
+        """``plan.tag("#net")``: tags sent with the plan; returns the plan."""
+        for item in tags:
+            if not isinstance(item, str) or not item or len(item.split()) != 1 or len(item) > 256:
+                raise TypeError(
+                    "a tag is a non-empty string without spaces (at most 256 characters) such "
+                    f"as '#net', not {item!r:.40}"
+                )
+        self.tags |= set(tags)
+        return self
+
+    def describe(self, description: str) -> Plan:
+        """``plan.describe("a two-layer net")``: sent with the plan; returns the plan."""
+        if not isinstance(description, str):
+            raise TypeError(f"a description is a string, not {type(description).__name__}")
+        self.description = description
+        return self
+
+    @classmethod
+    def from_trace(cls, built: Trace) -> Plan:
+        """A plan made of a trace alone (a fetched plan): calling it replays the ops."""
+        plan = cls(None, built.name)
+        plan._trace = built
+        return plan
 
     @property
     def is_built(self) -> bool:
@@ -459,7 +562,7 @@ class Plan(nn.Module):
 
     def build(self, *args: Any) -> Plan:
         """Trace ``forward`` on example tensors (or pointers: their shapes); returns the plan."""
-        self._trace = trace(self.forward, args, self.plan_name)
+        self._trace = trace(self.forward, args, self.plan_name, self._state_tensors or ())
         self._pointers = weakref.WeakValueDictionary()  # sent copies stay with their pointers
         self._implicit = {}
         return self
@@ -487,7 +590,8 @@ class Plan(nn.Module):
         built = self.trace
         plan_id = new_id()
         location._request(
-            [protocol.PLAN, plan_id, built.wire(), None], f"send plan {self.plan_name}"
+            [protocol.PLAN, plan_id, built.wire(self.tags, self.description), None],
+            f"send plan {self.plan_name}",
         )
         pointer = PointerPlan(built, {location.id: _RemotePlan(location, plan_id)})
         self._pointers[key] = pointer
@@ -563,6 +667,12 @@ class PointerPlan:
     @property
     def id_at_location(self) -> int:
         return next(iter(self._remotes.values())).id_at_location
+
+    def get(self) -> Plan:
+        """The plan, fetched from its (first) worker, which keeps its copy (PySyft 0.2.4)."""
+        from client.plan_fetch import fetch_plan
+
+        return fetch_plan(self.location, self.id_at_location)
 
     def __repr__(self) -> str:
         targets = ", ".join(
@@ -666,22 +776,38 @@ def _check_args_shape(args_shape: Any, name: str) -> list[tuple[int, ...]]:
     return shapes
 
 
-def func2plan(args_shape: Any = None) -> Any:
+def _check_state(state: Any) -> list[torch.Tensor] | None:
+    if state is None:
+        return None
+    if not isinstance(state, list | tuple) or not all(
+        isinstance(t, torch.Tensor) and type(t) is not PointerTensor for t in state
+    ):
+        raise TypeError(
+            f"state must be a tuple of local tensors, such as state=(torch.zeros(2),), "
+            f"not {state!r:.80}"
+        )
+    return list(state)
+
+
+def func2plan(args_shape: Any = None, state: Any = None) -> Any:
     """Decorate a function into a :class:`Plan`; with ``args_shape`` it is built at once.
 
     ``@sy.func2plan(args_shape=[(-1,), (-1,)])`` builds on tensors of ones of those shapes
     (-1: any size; such a dim is 1 while building). Without it, or with an empty
-    ``args_shape=()``, build it later: ``plan.build(*examples)``.
+    ``args_shape=()``, build it later: ``plan.build(*examples)``. ``state=(t, ...)``
+    declares state tensors: the function takes a :class:`State` as its last argument
+    and reads them with ``state.read()``; they travel with the plan.
     """
     if callable(args_shape) and not isinstance(args_shape, Sequence):  # bare @sy.func2plan
         return Plan(args_shape)
+    state_tensors = _check_state(state)
 
     def decorate(function: Callable[..., Any]) -> Plan:
         name = getattr(function, "__name__", "plan")
         # PySyft builds only when args_shape is given and not empty: () means "build later"
         empty = isinstance(args_shape, tuple | list) and len(args_shape) == 0
         shapes = None if args_shape is None or empty else _check_args_shape(args_shape, name)
-        plan = Plan(function, name)
+        plan = Plan(function, name, state_tensors)
         if shapes is not None:
             examples = [torch.ones([1 if dim == -1 else dim for dim in shape]) for shape in shapes]
             try:

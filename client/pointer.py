@@ -544,6 +544,20 @@ class PointerTensor(torch.Tensor):
         check_options("ptr.get", kwargs, GET_OPTIONS)
         return get_pointer(self)
 
+    def allowed_to_get(self) -> bool:
+        """Whether its worker lets you ``.get()`` it (PySyft's ``allowed_to_get``).
+
+        The worker answers from its ownership table (worker/access.py): your own objects,
+        yes; data its operator hosts, no (``.get()`` raises GetNotPermittedError).
+        """
+        pointer = self.child
+        return bool(
+            pointer.location._request(
+                [protocol.ALLOWED_TO_GET, pointer.id_at_location, None],
+                f"ask whether {pointer!r} may be fetched",
+            )
+        )
+
     def get_(self) -> Any:
         """Bring the data back into this very object (it is a local tensor again); returns it."""
         from client.remote import get_in_place

@@ -173,6 +173,20 @@ class BaseWorker:
         self._request([protocol.CLEAR, None], "clear_objects")
         return self if return_self else None
 
+    def fetch_plan(self, plan_id: int | str, location: Any = None, copy: bool = False) -> Any:
+        """The plan kept under ``plan_id`` (or tagged so) on this worker (or ``location``).
+
+        ``bob.fetch_plan(ptr_plan.id_at_location)``, or PySyft's
+        ``me.fetch_plan(plan_id, bob, copy=False)``. The worker keeps its copy and the
+        result is always a copy (``copy`` is accepted for PySyft's signature). Only the
+        plan's owner may fetch it (PermissionDeniedError otherwise).
+        """
+        from client.plan_fetch import fetch_plan
+
+        if type(copy) is not bool:
+            raise TypeError(f"copy must be True or False, not {copy!r}")
+        return fetch_plan(self if location is None else location, plan_id)
+
     def search(self, *query: Any) -> list[Any]:
         """``bob.search("#digits", "#data")``: pointers to the objects whose tags hold every item.
 

@@ -153,13 +153,3 @@ def test_get_options_tensorfleet_lacks_are_refused(bob: Any) -> None:
     with pytest.raises(sy.NotSupportedError, match="deregister_ptr=False"):
         pointer.get(deregister_ptr=False)
     assert torch.equal(pointer.get(), torch.tensor([1.0]))
-
-
-def test_loader_options_tensorfleet_lacks_are_refused(bob: Any, alice: Any) -> None:
-    dataset = torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.zeros(4))
-    federated = dataset.federate((bob, alice))
-
-    with pytest.raises(sy.NotSupportedError, match="num_iterators=2"):
-        sy.FederatedDataLoader(federated, batch_size=2, num_iterators=2)
-    with pytest.raises(sy.NotSupportedError, match="iter_per_worker=True"):
-        sy.FederatedDataLoader(federated, batch_size=2, iter_per_worker=True)

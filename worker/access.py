@@ -19,6 +19,10 @@ change     delete, setattr, an in-place op's target,        the owner only
 ``objects``, ``count`` and ``clear`` see only the caller's own objects. Datasets
 a worker's operator loads at start-up belong to :data:`OPERATOR`, a principal no
 RabbitMQ user can be (user names never start with ``@``).
+
+:func:`allowed_to_get` answers PySyft's ``allowed_to_get`` from this table (the
+``allowed_to_get`` command, ``ptr.allowed_to_get()``), so the answer and the
+refusal (``GetNotPermittedError`` for hosted data) can never disagree.
 """
 
 from __future__ import annotations
@@ -42,6 +46,20 @@ class Access(enum.Enum):
 
 
 _ACTIONS = {Access.USE: "use", Access.TAKE: "fetch or move", Access.CHANGE: "change or delete"}
+
+
+def allowed_to_get(owner: str | None, principal: str) -> bool:
+    """Whether ``principal`` may take (get, move, send on) an object owned by ``owner``.
+
+    PySyft 0.2's ``allowed_to_get``: the owner's policy for its objects. A client's own
+    objects may be taken; data the operator hosts may be used but never taken
+    (``GetNotPermittedError``); another client's objects not even used.
+    """
+    try:
+        check(owner, principal, Access.TAKE, 0, "")
+    except (GetNotPermittedError, PermissionDeniedError):
+        return False
+    return True
 
 
 def check(owner: str | None, principal: str, access: Access, obj_id: int, worker: str) -> None:

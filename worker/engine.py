@@ -29,6 +29,7 @@ from broker.errors import (
     InvalidTensorForRemoteGet,
     MalformedMessageError,
     ObjectNotFoundError,
+    PlanNotFoundError,
     QuotaExceededError,
     TensorsNotCollocatedException,
     UnknownCommandError,
@@ -39,7 +40,7 @@ from broker.ops import is_inplace
 from broker.protocol import PointerRecord, Ref
 from broker.settings import get_settings
 from broker.tree import leaves, map_leaves
-from worker.access import ANONYMOUS, OPERATOR, Access, check
+from worker.access import ANONYMOUS, OPERATOR, Access, allowed_to_get, check
 from worker.allowlist import DEFAULT_ALLOWLIST, Allowlist
 from worker.datasets import HostedTensor
 from worker.limits import OpLimits
@@ -174,6 +175,8 @@ class Engine:
             protocol.FORWARD_FAILED: self._forward_failed,
             protocol.PLAN: self._plan,
             protocol.RUN_PLAN: self._run_plan,
+            protocol.FETCH_PLAN: self._fetch_plan,
+            protocol.ALLOWED_TO_GET: self._allowed_to_get,
         }
         # per-message state
         self._replies: list[list[Any]] = []
@@ -715,6 +718,48 @@ class Engine:
             return
         if request is not None:
             self._reply(request, [_describe(self.store.objects.get(i)) for i in result_ids])
+
+    def _fetch_plan(self, plan_id: int | str, request: int | None) -> None:
+        """Reply with a stored plan's data; the plan stays here (only its owner may fetch).
+
+        A tag names the one plan of the caller's that carries it; other principals' plans
+        are never looked at, so a tag cannot reveal them.
+        """
+        from worker.plans import StoredPlan
+
+        try:
+            if type(plan_id) is str:
+                owners, principal = self.store.owners, self._principal
+                found = [
+                    key
+                    for key, obj in self.store.objects.items()
+                    if isinstance(obj, StoredPlan)
+                    and plan_id in obj.tags
+                    and owners.get(key) == principal
+                ]
+                if len(found) != 1:
+                    raise PlanNotFoundError(self.worker_id, plan_id, len(found))
+                plan_id = found[0]
+            plan = self._lookup(plan_id, Access.TAKE)
+            if not isinstance(plan, StoredPlan):
+                raise TypeError(
+                    f"object {plan_id} on {self.worker_id} is not a plan: fetch_plan takes "
+                    "a plan's id (PointerPlan.id_at_location); .get() a tensor's pointer instead"
+                )
+        except Exception as error:
+            self._fail(request, (), error, protocol.FETCH_PLAN)
+            return
+        self._reply(request, plan.wire)
+
+    def _allowed_to_get(self, obj_id: int, request: int | None) -> None:
+        """Reply whether the caller may take the object (worker.access.allowed_to_get)."""
+        try:
+            self._lookup(obj_id)  # the caller must at least be allowed to use it
+            allowed = allowed_to_get(self.store.owners.get(obj_id), self._principal)
+        except Exception as error:
+            self._fail(request, (), error, protocol.ALLOWED_TO_GET)
+            return
+        self._reply(request, allowed)
 
     def _own_ids(self) -> list[int]:
         owners, principal = self.store.owners, self._principal

@@ -58,8 +58,11 @@ class StoredPlan:
         state: list[torch.Tensor],
         ops: list[_Op],
         outputs: list[int],
+        tags: frozenset[str] = frozenset(),
     ) -> None:
         self.wire = wire
+        #: plan.tag(...) on the client: fetch_plan("#tag") finds the plan by them
+        self.tags = tags
         self.name = name
         self.inputs = inputs
         self.state = state
@@ -98,7 +101,9 @@ def decode_plan(data: Any, allowlist: Allowlist, worker_id: str) -> StoredPlan:
         _Op(op.name, allowlist.resolve(op.name, worker_id), op.args, op.kwargs, op.outs)
         for op in parsed.ops
     ]
-    return StoredPlan(data, parsed.name, parsed.inputs, parsed.state, checked, parsed.outputs)
+    return StoredPlan(
+        data, parsed.name, parsed.inputs, parsed.state, checked, parsed.outputs, parsed.tags
+    )
 
 
 #: checks one op before it runs: (wire name, callable, args, kwargs); raises to refuse it

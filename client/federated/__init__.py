@@ -7,7 +7,7 @@ workers), :mod:`~client.federated.loader` (batches built on the workers),
 :mod:`~client.federated.utils` (PySyft's helpers on local models).
 """
 
-from client.federated.dataset import BaseDataset, FederatedDataset, federate
+from client.federated.dataset import BaseDataset, FederatedDataset, PointerDataset, federate
 from client.federated.fedavg import (
     FedAvg,
     LocalTraining,
@@ -33,6 +33,7 @@ __all__ = [
     "FederatedDataset",
     "LocalTraining",
     "Optims",
+    "PointerDataset",
     "RoundResult",
     "accuracy",
     "add_model",

@@ -87,9 +87,18 @@ class BaseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             found.append(pointers[0])
         return cls(found[0], found[1])
 
-    def send(self, worker: Any) -> BaseDataset:
-        """A dataset whose data and targets are now on ``worker`` (this one is unchanged)."""
-        return BaseDataset(self.data.send(worker), self.targets.send(worker))
+    def send(self, worker: Any) -> PointerDataset:
+        """Send the whole dataset to ``worker``; returns its :class:`PointerDataset`.
+
+        PySyft 0.2.4's form (0.2.0-0.2.3 sent in place); this local dataset is unchanged.
+        A dataset already on a worker is refused: ``.get()`` it first, or move its data.
+        """
+        if self.location is not None:
+            raise ValueError(
+                f"this dataset is already on {self.location.id}: .get() it first to send it "
+                "elsewhere"
+            )
+        return PointerDataset(self.data.send(worker), self.targets.send(worker))
 
     def get(self) -> BaseDataset:
         """Bring data and targets back: a local dataset; the worker forgets them."""
@@ -104,6 +113,41 @@ class BaseDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __repr__(self) -> str:
         where = "local" if self.location is None else f"on {self.location.id}"
         return f"<BaseDataset {len(self)} samples {where}>"
+
+
+class PointerDataset(BaseDataset):
+    """A dataset sent whole to a worker: ``ptr = BaseDataset(data, targets).send(bob)``.
+
+    As PySyft 0.2.4's ``PointerDataset``: ``len(ptr)``, ``ptr.data`` and ``ptr.targets``
+    (pointers), ``ptr[i]`` (two pointers, made on the worker), ``ptr.location`` and
+    ``ptr.get()`` (the local :class:`BaseDataset`; the worker forgets it). On the worker
+    the dataset is its two tensors, so every op, plan and loader works on them as on any
+    pointer; its length is known here, so ``len`` costs no round trip. Dropping the
+    last reference deletes the data on the worker, as for a tensor pointer.
+    """
+
+    def __init__(self, data: torch.Tensor, targets: torch.Tensor) -> None:
+        if type(data) is not PointerTensor:
+            raise TypeError(
+                "a PointerDataset holds pointers: make one with BaseDataset(data, "
+                "targets).send(worker)"
+            )
+        super().__init__(data, targets)
+
+    @property
+    def id_at_location(self) -> tuple[int, int]:
+        """The ids of the data and the targets on the worker."""
+        return (self.data.id_at_location, self.targets.id_at_location)
+
+    def get(self) -> BaseDataset:
+        """The dataset, back here; the worker forgets it."""
+        return BaseDataset(self.data.get(), self.targets.get())
+
+    def __repr__(self) -> str:
+        return (
+            f"[PointerDataset | me -> {self.location.id}:{self.id_at_location}] "
+            f"({len(self)} samples)"
+        )
 
 
 class FederatedDataset:

@@ -7,6 +7,19 @@ order), then every batch of the next, shuffling only within a worker. A batch is
 pipelined commands, never one message per sample. ``len(loader)`` is the number
 of batches it yields (PySyft 0.2's global ``ceil(total / batch_size)`` was wrong
 whenever shares were not multiples of the batch size, issue #3707).
+
+Two PySyft 0.2.4 options run several workers' iterators at once, and ``next``
+yields a dict ``{worker_id: (data, target)}`` with one batch from each:
+
+- ``iter_per_worker=True``: one iterator per worker; a worker whose share is
+  exhausted drops out of the dicts; iteration ends when every worker is done.
+- ``num_iterators=k``: ``k`` iterators, capped at ``len(workers) - 1`` as in
+  PySyft (it keeps a worker idle to switch to; with one worker, 1). Iterator i
+  starts on worker i; when its worker is exhausted it moves on to the next worker
+  no iterator has taken yet, in ``workers`` order; an iterator with no worker left
+  drops out. With the cap at 1 the loader is the plain one (tuples, not dicts).
+
+Either way ``len(loader)`` is the number of dicts it yields.
 """
 
 from __future__ import annotations
@@ -18,7 +31,6 @@ from typing import Any
 
 import torch
 
-from broker.errors import NotSupportedError
 from client.federated.dataset import BaseDataset, FederatedDataset
 
 #: options of torch's DataLoader that mean nothing when the data is on workers
@@ -90,18 +102,11 @@ class FederatedDataLoader:
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, not {batch_size!r}")
-        one_at_a_time = (
-            "It runs one iterator: every batch of one worker, then the next; group the "
-            "batches by data.location to train workers in turn."
-        )
-        if num_iterators != 1:
-            raise NotSupportedError(
-                f"sy.FederatedDataLoader(..., num_iterators={num_iterators!r})", one_at_a_time
-            )
-        if options.pop("iter_per_worker", False):
-            raise NotSupportedError(
-                "sy.FederatedDataLoader(..., iter_per_worker=True)", one_at_a_time
-            )
+        if type(num_iterators) is not int or num_iterators < 1:
+            raise ValueError(f"num_iterators must be a positive int, not {num_iterators!r}")
+        iter_per_worker = options.pop("iter_per_worker", False)
+        if type(iter_per_worker) is not bool:
+            raise TypeError(f"iter_per_worker must be True or False, not {iter_per_worker!r}")
         unknown = sorted(set(options) - set(_IGNORED_OPTIONS))
         if unknown:
             raise TypeError(f"FederatedDataLoader got unexpected options {unknown}")
@@ -115,6 +120,10 @@ class FederatedDataLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = generator
+        self.iter_per_worker = iter_per_worker
+        workers = len(federated_dataset.workers)
+        #: how many workers' iterators run at once (PySyft 0.2.4's cap: one worker stays idle)
+        self.num_iterators = workers if iter_per_worker else max(1, min(num_iterators, workers - 1))
 
     @property
     def workers(self) -> list[str]:
@@ -128,7 +137,12 @@ class FederatedDataLoader:
         return math.ceil(size / self.batch_size)
 
     def __len__(self) -> int:
-        return sum(self.batches_of(self.federated_dataset[worker]) for worker in self.workers)
+        counts = [self.batches_of(self.federated_dataset[worker]) for worker in self.workers]
+        if self.iter_per_worker:
+            return max(counts, default=0)
+        if self.num_iterators == 1:
+            return sum(counts)
+        return sum(1 for _ in _slot_schedule(counts, self.num_iterators))
 
     def iter_worker(self, worker: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one worker's share, in order (one pass)."""
@@ -138,9 +152,64 @@ class FederatedDataLoader:
         ):
             yield share.data[index], share.targets[index]
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for worker in self.workers:
-            yield from self.iter_worker(worker)
+    def __iter__(self) -> Iterator[Any]:
+        if self.num_iterators == 1 and not self.iter_per_worker:
+            for worker in self.workers:
+                yield from self.iter_worker(worker)
+            return
+        yield from self._iter_together()
+
+    def _iter_together(self) -> Iterator[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Dicts of one batch per running iterator (iter_per_worker / num_iterators)."""
+        waiting = list(self.workers)
+        running: list[tuple[str, Iterator[tuple[torch.Tensor, torch.Tensor]]]] = []
+        while waiting and len(running) < self.num_iterators:
+            worker = waiting.pop(0)
+            running.append((worker, self.iter_worker(worker)))
+        while running:
+            batches: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            still: list[tuple[str, Iterator[tuple[torch.Tensor, torch.Tensor]]]] = []
+            for worker, batches_of_worker in running:
+                while True:
+                    batch = next(batches_of_worker, None)
+                    if batch is not None:
+                        batches[worker] = batch
+                        still.append((worker, batches_of_worker))
+                        break
+                    if not waiting:  # this iterator has no worker left to move to
+                        break
+                    worker = waiting.pop(0)
+                    batches_of_worker = self.iter_worker(worker)
+            running = still
+            if batches:
+                yield batches
 
     def __repr__(self) -> str:
+        if self.num_iterators > 1:
+            return (
+                f"<FederatedDataLoader {len(self)} dicts of {self.num_iterators} batches of "
+                f"{self.batch_size} over {self.workers}>"
+            )
         return f"<FederatedDataLoader {len(self)} batches of {self.batch_size} over {self.workers}>"
+
+
+def _slot_schedule(counts: list[int], slots: int) -> Iterator[int]:
+    """How many batches each dict of a ``num_iterators=slots`` loader holds (for ``len``).
+
+    The same moves as ``_iter_together`` on batch counts: iterators take workers in
+    order and move to the next unused worker when theirs is exhausted.
+    """
+    waiting = list(counts)
+    running: list[int] = []
+    while waiting and len(running) < slots:
+        running.append(waiting.pop(0))
+    while running:
+        taken = []
+        for left in running:
+            while left == 0 and waiting:
+                left = waiting.pop(0)
+            if left > 0:
+                taken.append(left - 1)
+        running = taken
+        if taken:
+            yield len(taken)
