@@ -222,8 +222,10 @@ class AdditiveSharingTensor:
             self._aligned("+", other)
             return self._wrap({k: v + other.child[k] for k, v in self.child.items()})
         first = self.holders[0]
-        shares = dict(self.child)
-        shares[first.id] = shares[first.id] + self._public(other, first)
+        # the other holders copy their shares: the result owns its shares, so that its
+        # .get() (which deletes them) leaves this tensor whole
+        shares = {key: share.clone() for key, share in self.child.items()}
+        shares[first.id] = self.child[first.id] + self._public(other, first)
         return self._wrap(shares)
 
     __radd__ = __add__
