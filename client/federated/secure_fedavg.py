@@ -84,7 +84,7 @@ def secure_aggregate(
     """
     if len(weights) != len(copies):
         raise ValueError(f"{len(weights)} weights for {len(copies)} models")
-    owners = [next(iter(copy.parameters())).location for copy in copies]
+    owners = [cast(Any, next(iter(copy.parameters()))).location for copy in copies]
     shapes = [param.shape for param in copies[0].parameters()]
     updates = [flat_update(copy, weight) for copy, weight in zip(copies, weights, strict=True)]
     shared = share_updates(updates, owners, base, precision_fractional)
@@ -119,7 +119,7 @@ class SecureFedAvg(FedAvg):
     ) -> tuple[float, list[torch.Tensor]]:
         """Wait for every owner's training, then average by secure aggregation."""
         for local_copy in copies:  # a round trip to each owner: its training is done
-            next(iter(local_copy.parameters())).location.object_count()
+            cast(Any, next(iter(local_copy.parameters()))).location.object_count()
         fitted = time.perf_counter()
         return fitted, secure_aggregate(
             copies, weights, precision_fractional=self.precision_fractional
