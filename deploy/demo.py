@@ -344,8 +344,13 @@ def _train(
                 bar.update()
                 stop.check()  # a safe point: this batch's commands are all queued
 
+            # with --secure-agg the two modes take turns going first, so that neither
+            # always pays for what the other left queued (deletes, the baseline's work)
+            secure_first = config.secure_agg and round_number % 2 == 0
+            if secure_first:
+                secure_outcome = secure_strategy.fit_round(secure_model, dataset, on_batch=on_batch)
             outcome = strategy.fit_round(federated_model, dataset, on_batch=on_batch)
-            if config.secure_agg:
+            if config.secure_agg and not secure_first:
                 secure_outcome = secure_strategy.fit_round(secure_model, dataset, on_batch=on_batch)
         central_total = train_epochs(
             central_model,

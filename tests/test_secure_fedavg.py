@@ -10,6 +10,7 @@ the client sends.
 from __future__ import annotations
 
 import gc
+import re
 
 import pytest
 import torch
@@ -114,3 +115,30 @@ def test_secure_mode_needs_two_owners(bob, secure_worker):
     dataset = _dataset([bob])
     with pytest.raises(TooFewShareHoldersError, match="at least 2"):
         SecureFedAvg(LocalTraining(epochs=1)).fit_round(_model(), dataset)
+
+
+def test_demo_secure_agg_reaches_the_plain_accuracy_and_reports_its_cost(
+    bob, alice, jon, secure_worker
+):
+    from deploy.demo import DemoConfig, run_demo
+
+    workers = (bob, alice, jon, secure_worker)
+    lines: list[str] = []
+    result = run_demo(
+        DemoConfig(rounds=2, local_epochs=1, secure_agg=True),
+        owners=[bob, alice, jon],
+        aggregator=secure_worker,
+        echo=lines.append,
+        progress=False,
+    )
+    assert len(result.secure_accuracy) == len(result.federated_accuracy) == 2
+    assert abs(result.secure_gap) <= 0.1
+    assert len(result.secure_aggregate_seconds) == len(result.plain_aggregate_seconds) == 2
+    text = "\n".join(lines)
+    assert re.search(r"secure agg: acc +[\d.]+%, aggregation \d+ ms \(plain \d+ ms\)", text)
+    assert re.search(
+        r"secure aggregation: final accuracy [\d.]+% vs plain FedAvg [\d.]+% \(difference "
+        r"[-+][\d.]+ points\); per round \(median\): aggregation \d+ ms secure vs \d+ ms plain",
+        text,
+    )
+    assert [w.object_count() for w in workers] == [0, 0, 0, 0]  # the run left nothing
