@@ -190,3 +190,24 @@ def test_errors_name_the_problem_and_the_fix(bob, alice, secure_worker):
         _ = x + y
     with pytest.raises(sy.NotSupportedError, match="remote_get"):
         t.send(bob).send(alice).share(bob, alice)
+
+
+def test_split_is_a_csprng_op_of_the_vocabulary():
+    from broker import secure_ops
+    from broker.ops import ALLOWED, wire_name
+
+    assert ALLOWED["secure.split"] is secure_ops.split
+    assert wire_name(secure_ops.random_like) == "secure.random_like"
+    secret = torch.tensor([5, -7, 2**62])
+    torch.manual_seed(0)
+    first = secure_ops.split(secret, 3)
+    torch.manual_seed(0)  # torch's generator plays no part: the shares differ
+    second = secure_ops.split(secret, 3)
+    assert not torch.equal(first[0], second[0])
+    assert torch.equal(first[0] + first[1] + first[2], secret)  # sums wrap modulo 2^64
+    meta = secure_ops.split(torch.empty(4, 2, dtype=torch.int64, device="meta"), 2)
+    assert [(m.shape, m.is_meta) for m in meta] == [(torch.Size([4, 2]), True)] * 2
+    with pytest.raises(TypeError, match=r"fix_prec\(\)"):
+        secure_ops.split(torch.tensor([1.0]), 2)
+    with pytest.raises(ValueError, match="2 to 64 shares"):
+        secure_ops.split(secret, 1)
