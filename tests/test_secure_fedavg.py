@@ -142,3 +142,13 @@ def test_demo_secure_agg_reaches_the_plain_accuracy_and_reports_its_cost(
         text,
     )
     assert [w.object_count() for w in workers] == [0, 0, 0, 0]  # the run left nothing
+
+
+def test_the_demo_command_offers_secure_agg():
+    from click.testing import CliRunner
+
+    from deploy.demo import demo
+
+    result = CliRunner().invoke(demo, ["--help"])
+    assert result.exit_code == 0
+    assert "--secure-agg" in result.output and "per-round cost" in result.output
