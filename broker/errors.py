@@ -376,6 +376,61 @@ class RemoteExecutionError(TensorFleetError):
         super().__init__(f"{type_name} on the worker: {message}")
 
 
+class TooFewShareHoldersError(TensorFleetError, ValueError):
+    """Additive sharing was asked of fewer than two distinct workers."""
+
+    def __init__(self, found: int) -> None:
+        super().__init__(
+            f"share() needs at least 2 distinct workers to hold the shares, but got {found}: "
+            "one holder would hold the secret itself. Pass two or more workers, for example "
+            "x.fix_prec().share(bob, alice, crypto_provider=secure_worker)."
+        )
+
+
+class PrecisionMismatchError(TensorFleetError, ValueError):
+    """An op mixed fixed-precision tensors encoded with different bases or precisions."""
+
+    def __init__(self, op: str, first_precision: str, second_precision: str) -> None:
+        super().__init__(
+            f"{op} mixes fixed-precision tensors of different scales ({first_precision} and "
+            f"{second_precision}), whose integers mean different numbers. Encode both with "
+            "the same fix_prec(base=..., precision_fractional=...)."
+        )
+
+
+class CryptoProviderMissingError(TensorFleetError, ValueError):
+    """A multiplication of shared tensors needs Beaver triples, and no provider was named."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__(
+            f"{op} between two shared tensors needs Beaver triples from a crypto provider, "
+            "but the tensors were shared without one. Share them with "
+            "x.share(bob, alice, crypto_provider=secure_worker)."
+        )
+
+
+class SharesNotAlignedError(TensorFleetError, ValueError):
+    """An op mixed shared tensors whose shares are held by different workers."""
+
+    def __init__(self, op: str, first: str, second: str) -> None:
+        super().__init__(
+            f"{op} needs both shared tensors held by the same workers in the same order, but "
+            f"one is shared among {first} and the other among {second}. Share both with the "
+            "same .share(...) workers."
+        )
+
+
+class SecureTypeError(TensorFleetError, TypeError):
+    """A value of the wrong kind was given to fixed precision or additive sharing."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}. Secure aggregation computes on fixed-precision integers: encode with "
+            "x.fix_prec(), share with .share(bob, alice, crypto_provider=secure_worker), then "
+            ".get().float_prec() decodes the result."
+        )
+
+
 #: Every TensorFleet error type, by name, as it travels on the wire.
 ERROR_TYPES: dict[str, type[TensorFleetError]] = {
     cls.__name__: cls
@@ -411,6 +466,11 @@ ERROR_TYPES: dict[str, type[TensorFleetError]] = {
         WorkerNotFoundException,
         NotSupportedError,
         RemoteExecutionError,
+        TooFewShareHoldersError,
+        PrecisionMismatchError,
+        CryptoProviderMissingError,
+        SharesNotAlignedError,
+        SecureTypeError,
     )
 }
 

@@ -1,7 +1,8 @@
 """The op vocabulary: the wire names of the torch callables a command may name.
 
 A command names its callable as ``torch.<fn>``, ``torch.linalg.<fn>``,
-``torch.nn.functional.<fn>`` or ``Tensor.<method>``. The lists below are the
+``torch.nn.functional.<fn>`` or ``Tensor.<method>``, or ``secure.<fn>`` for the
+two worker-side ops of secure aggregation (broker/secure_ops.py). The lists below are the
 fleet's default allowlist: workers resolve names through :func:`resolve_allowed`
 and refuse everything else; the client uses :func:`wire_name` to name what
 ``__torch_function__`` hands it. No name from the wire is ever looked up with
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from broker.secure_ops import SECURE_OPS
 
 TENSOR_METHODS: tuple[str, ...] = (
     # arithmetic and comparison operators (a + b reaches __torch_function__ as Tensor.add)
@@ -407,8 +410,9 @@ def _named_callables() -> dict[str, Callable[..., Any]]:
     return table
 
 
-#: wire name -> callable, for every name on the default allowlist
-ALLOWED: dict[str, Callable[..., Any]] = _named_callables()
+#: wire name -> callable, for every name on the default allowlist (torch's callables and the
+#: worker-side ops of secure aggregation, broker/secure_ops.py)
+ALLOWED: dict[str, Callable[..., Any]] = {**_named_callables(), **SECURE_OPS}
 
 _NAMES_BY_CALLABLE: dict[int, str] = {}
 for _name, _callable in ALLOWED.items():

@@ -24,10 +24,12 @@ from client import (
     federated,  # federated learning: FederatedDataset/Loader, Optims, FedAvg
 )
 from client.federated import BaseDataset, FederatedDataLoader, FederatedDataset, PointerDataset
+from client.fixed_precision import FixedPrecisionTensor
 from client.hook import TorchHook
 from client.multipointer import MultiPointerTensor, combine_pointers
 from client.plan import Plan, func2plan
 from client.pointer import PointerTensor
+from client.sharing import AdditiveSharingTensor
 from client.unsupported import missing_name
 from client.workers import BaseWorker, FleetWorker, VirtualWorker
 
@@ -41,11 +43,13 @@ def __getattr__(name: str) -> Any:
 local_worker: Any = None
 
 __all__ = [
+    "AdditiveSharingTensor",
     "BaseDataset",
     "BaseWorker",
     "BrokerConnectionError",
     "FederatedDataLoader",
     "FederatedDataset",
+    "FixedPrecisionTensor",
     "FleetWorker",
     "ForbiddenOperationError",
     "GetRequiredError",

@@ -4,7 +4,8 @@ PySyft 0.2 monkeypatched every torch function. TensorFleet intercepts through
 ``__torch_function__`` on its pointer type instead, and attaches only this
 short, listed set: ``Tensor.send``/``send_``/``copy``/``allowed_to_get``, ``Tensor.tag`` and
 ``Tensor.describe`` (client/hosted.py), the ``nn.Module`` methods
-``send``/``get``/``copy``/``move``, ``Dataset.federate``, and stubs for PySyft's
+``send``/``get``/``copy``/``move``, ``Dataset.federate``, fixed precision and
+sharing (``fix_prec``/``float_prec``/``share``, client/sharing.py), and stubs for PySyft's
 methods TensorFleet lacks (:mod:`client.unsupported`). Hooking twice changes nothing.
 """
 
@@ -50,6 +51,15 @@ def _tensor_allowed_to_get(self: torch.Tensor) -> bool:
     return True
 
 
+def _tensor_share(
+    self: torch.Tensor, *workers: Any, crypto_provider: Any = None, **options: Any
+) -> Any:
+    """``x.share(bob, alice, crypto_provider=secure_worker)``: additive shares of an int tensor."""
+    from client.sharing import share
+
+    return share(self, workers, crypto_provider, options)
+
+
 def _install() -> None:
     global _installed
     if _installed:
@@ -62,6 +72,7 @@ def _install() -> None:
     torch.Tensor.send_ = _tensor_send_  # type: ignore[attr-defined]
     torch.Tensor.copy = _tensor_copy  # type: ignore[attr-defined]
     torch.Tensor.allowed_to_get = _tensor_allowed_to_get  # type: ignore[attr-defined]
+    _install_secure()
     unsupported.install(torch.Tensor, torch.nn.Module)  # PySyft's methods we lack: clear errors
     for name in ("send", "get", "copy", "move"):
         setattr(torch.nn.Module, name, getattr(module_methods, f"module_{name}"))
@@ -72,6 +83,19 @@ def _install() -> None:
     else:
         torch.utils.data.Dataset.federate = federate  # type: ignore[attr-defined]
     _installed = True
+
+
+def _install_secure() -> None:
+    """Fixed precision and additive sharing (client/fixed_precision.py, client/sharing.py)."""
+    from client import fixed_precision, secure_module
+
+    for name in ("fix_precision", "fix_prec"):
+        setattr(torch.Tensor, name, fixed_precision.fix_precision)
+        setattr(torch.nn.Module, name, secure_module.module_fix_precision)
+    for name in ("float_precision", "float_prec"):
+        setattr(torch.Tensor, name, fixed_precision.not_fixed_precision)
+    torch.Tensor.share = _tensor_share  # type: ignore[attr-defined]
+    torch.nn.Module.share = secure_module.module_share  # type: ignore[attr-defined]
 
 
 class TorchHook:

@@ -3,7 +3,7 @@
 A PySyft user's code must never run with a feature silently dropped. So the names,
 methods and options of PySyft 0.2.4 that TensorFleet lacks raise
 :class:`~broker.errors.NotSupportedError`: a module-level name (``sy.TrainConfig``),
-a tensor or module method (``x.fix_precision()``, ``model.share(...)``) or a
+a tensor or module method (``x.encrypt()``, ``x.share_(...)``) or a
 keyword option (``sy.VirtualWorker(hook, id="bob", log_msgs=True)``). Options
 given their PySyft default, which asks for what TensorFleet does anyway, pass.
 """
@@ -20,8 +20,9 @@ _FLEET = (
     "Redis), started with `tensorfleet worker <id>`."
 )
 _SMPC = (
-    "TensorFleet has no secure multi-party computation tensors: average on a trusted worker "
-    "(model.move(secure_worker), client.federated.secure_average)."
+    "TensorFleet's secure computation is additive sharing of fixed-precision tensors: "
+    "x.fix_prec().share(bob, alice, crypto_provider=secure_worker), then .get().float_prec() "
+    "(client/sharing.py); FedAvg(secure=True) aggregates that way."
 )
 
 #: ``sy.<name>`` in PySyft 0.2.4 that TensorFleet lacks -> what to use instead
@@ -32,8 +33,6 @@ NAMES: dict[str, str] = {
         "Train with a plain loop over sy.FederatedDataLoader batches (the model goes to the "
         "data with model.send), or with client.federated.FedAvg."
     ),
-    "AdditiveSharingTensor": _SMPC,
-    "FixedPrecisionTensor": _SMPC,
     "CRTPrecisionTensor": _SMPC,
     "LargePrecisionTensor": _SMPC,
     "ReplicatedSharingTensor": _SMPC,
@@ -68,12 +67,7 @@ NAMES: dict[str, str] = {
 
 #: tensor methods PySyft 0.2.4 added that TensorFleet lacks -> what to use instead
 TENSOR_METHODS: dict[str, str] = {
-    "fix_precision": _SMPC,
-    "fix_prec": _SMPC,
-    "float_precision": _SMPC,
-    "float_prec": _SMPC,
-    "share": _SMPC,
-    "share_": _SMPC,
+    "share_": "Sharing makes a new object: y = x.share(bob, alice, crypto_provider=...).",
     "encrypt": _SMPC,
     "decrypt": _SMPC,
     "private_tensor": NAMES["PrivateTensor"],
@@ -83,11 +77,8 @@ TENSOR_METHODS: dict[str, str] = {
 
 #: nn.Module methods PySyft 0.2.4 added that TensorFleet lacks -> what to use instead
 MODULE_METHODS: dict[str, str] = {
-    "fix_precision": _SMPC,
-    "fix_prec": _SMPC,
-    "float_precision": _SMPC,
-    "float_prec": _SMPC,
-    "share": _SMPC,
+    "float_precision": "Decode the parameters model.fix_precision() returned: .float_precision().",
+    "float_prec": "Decode the parameters model.fix_precision() returned: .float_prec().",
     "encrypt": _SMPC,
     "decrypt": _SMPC,
 }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import statistics
 import tempfile
 import time
 import traceback
@@ -47,6 +48,7 @@ from broker.errors import TensorFleetError
 from client.federated.dataset import FederatedDataset, federate
 from client.federated.fedavg import FedAvg, LocalTraining, train_epochs
 from client.federated.loader import local_batches
+from client.federated.secure_fedavg import SecureFedAvg
 from deploy import mnist
 from deploy.interrupt import StopRequest, stop_between_steps
 from deploy.options import POSITIVE_INT, OutputFile, PositiveFloat, WorkerIds
@@ -72,6 +74,9 @@ class DemoConfig:
     #: the owners host their shares (written as safetensors files, loaded by the workers)
     #: and the client finds them by tag instead of sending them (``--hosted``)
     hosted: bool = False
+    #: also train with secure aggregation (client.federated.SecureFedAvg) beside the plain
+    #: FedAvg, from the same initial weights and batches, and compare (``--secure-agg``)
+    secure_agg: bool = False
 
 
 @dataclass
@@ -85,11 +90,23 @@ class DemoResult:
     seconds: float = 0.0
     train_samples: int = 0
     test_samples: int = 0
+    #: with ``secure_agg``: the secure run's accuracy, and per round the seconds each mode
+    #: spent aggregating and in the whole round (training included)
+    secure_accuracy: list[float] = field(default_factory=list)
+    plain_aggregate_seconds: list[float] = field(default_factory=list)
+    secure_aggregate_seconds: list[float] = field(default_factory=list)
+    plain_round_seconds: list[float] = field(default_factory=list)
+    secure_round_seconds: list[float] = field(default_factory=list)
 
     @property
     def gap(self) -> float:
         """Final centralized accuracy minus final federated accuracy, in points."""
         return self.central_accuracy[-1] - self.federated_accuracy[-1]
+
+    @property
+    def secure_gap(self) -> float:
+        """Final plain FedAvg accuracy minus final secure-aggregation accuracy, in points."""
+        return self.federated_accuracy[-1] - self.secure_accuracy[-1]
 
 
 # ---------------------------------------------------------------------------------- data
@@ -241,6 +258,8 @@ def run_demo(
         f"{count(config.rounds, 'round')} x {count(config.local_epochs, 'local epoch')}, "
         f"{result.seconds:.1f} s"
     )
+    if config.secure_agg:
+        echo(secure_summary(result))
     if plot is not None:
         write_plot(
             result,
@@ -290,11 +309,23 @@ def _train(
     strategy = FedAvg(
         aggregator, training, generator=torch.Generator().manual_seed(config.seed + 1)
     )
+    # the secure run: same initial weights, same batches (its own generator, same seed)
+    secure_model = make_model(features, config.hidden, classes, config.seed)
+    secure_strategy = SecureFedAvg(
+        training, generator=torch.Generator().manual_seed(config.seed + 1)
+    )
+    if config.secure_agg:
+        echo(
+            "secure aggregation beside it: each owner's update is shared among "
+            f"{', '.join(owner.id for owner in owners)}; only the average is reconstructed"
+        )
     central_optimizer = training.make_optimizer(central_model.parameters())
     central_generator = torch.Generator().manual_seed(config.seed + 1)
     batches_per_round = config.local_epochs * sum(
         -(-len(dataset[owner]) // config.batch_size) for owner in dataset.workers
     )
+    if config.secure_agg:
+        batches_per_round *= 2
 
     start = time.perf_counter()
     rounds = tqdm(
@@ -313,7 +344,14 @@ def _train(
                 bar.update()
                 stop.check()  # a safe point: this batch's commands are all queued
 
+            # with --secure-agg the two modes take turns going first, so that neither
+            # always pays for what the other left queued (deletes, the baseline's work)
+            secure_first = config.secure_agg and round_number % 2 == 0
+            if secure_first:
+                secure_outcome = secure_strategy.fit_round(secure_model, dataset, on_batch=on_batch)
             outcome = strategy.fit_round(federated_model, dataset, on_batch=on_batch)
+            if config.secure_agg and not secure_first:
+                secure_outcome = secure_strategy.fit_round(secure_model, dataset, on_batch=on_batch)
         central_total = train_epochs(
             central_model,
             lambda: local_batches(
@@ -339,6 +377,14 @@ def _train(
             f"centralized: loss {result.central_loss[-1]:.4f} "
             f"acc {result.central_accuracy[-1]:6.2f}%"
         )
+        if config.secure_agg:
+            _record_secure(result, outcome.timings, secure_outcome.timings)
+            result.secure_accuracy.append(accuracy(secure_model, split.test_x, split.test_y))
+            line += (
+                f"  |  secure agg: acc {result.secure_accuracy[-1]:6.2f}%, aggregation "
+                f"{result.secure_aggregate_seconds[-1] * 1000:.0f} ms "
+                f"(plain {result.plain_aggregate_seconds[-1] * 1000:.0f} ms)"
+            )
         if progress:
             rounds.write(line)
         else:
@@ -346,6 +392,28 @@ def _train(
         stop.check()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _record_secure(result: DemoResult, plain: dict[str, float], secure: dict[str, float]) -> None:
+    result.plain_aggregate_seconds.append(plain["aggregate"])
+    result.secure_aggregate_seconds.append(secure["aggregate"])
+    result.plain_round_seconds.append(sum(plain.values()))
+    result.secure_round_seconds.append(sum(secure.values()))
+
+
+def secure_summary(result: DemoResult) -> str:
+    """What secure aggregation reached and cost, beside plain FedAvg (medians per round)."""
+    plain_aggregate = statistics.median(result.plain_aggregate_seconds) * 1000
+    secure_aggregate = statistics.median(result.secure_aggregate_seconds) * 1000
+    plain_round = statistics.median(result.plain_round_seconds)
+    secure_round = statistics.median(result.secure_round_seconds)
+    return (
+        f"secure aggregation: final accuracy {result.secure_accuracy[-1]:.2f}% vs plain FedAvg "
+        f"{result.federated_accuracy[-1]:.2f}% (difference {result.secure_gap:+.2f} points); "
+        f"per round (median): aggregation {secure_aggregate:.0f} ms secure vs "
+        f"{plain_aggregate:.0f} ms plain (x{secure_aggregate / max(plain_aggregate, 1e-9):.1f}), "
+        f"whole round {secure_round:.2f} s vs {plain_round:.2f} s"
+    )
 
 
 def count(number: int, noun: str) -> str:
@@ -566,6 +634,13 @@ def demo_workers(
     "loaded by the workers: data= in-process, --dataset on a private fleet) and the client "
     "finds them by tag and trains on them without ever holding them.",
 )
+@click.option(
+    "--secure-agg",
+    is_flag=True,
+    help="Also train with secure aggregation (each owner's update additively shared among "
+    "the owners, only the average reconstructed) from the same start, and print its "
+    "accuracy and per-round cost beside plain FedAvg's.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of progress bars.")
 def demo(
     rounds: int,
@@ -580,6 +655,7 @@ def demo(
     max_train: int | None,
     owners: tuple[str, ...],
     hosted: bool,
+    secure_agg: bool,
     no_progress: bool,
 ) -> None:
     """Federated averaging across three data owners, beside a centralized baseline."""
@@ -595,6 +671,7 @@ def demo(
         mnist=mnist,
         max_train=max_train,
         hosted=hosted,
+        secure_agg=secure_agg,
     )
     kind = "fleet workers (RabbitMQ -> Celery -> Redis)" if fleet else "in-process workers"
     click.echo(f"TensorFleet demo on {kind}{', owners hosting their data' if hosted else ''}")

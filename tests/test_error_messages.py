@@ -55,6 +55,8 @@ SAMPLES = {
     "problem": "workers.bob.redis: expected a URL starting with redis:// or rediss://",
     "feature": "sy.VirtualWorker(..., log_msgs=True)",
     "alternative": "Watch a fleet's traffic with Flower or the engine's metrics hooks.",
+    "first_precision": "base 10, 3 fractional digits",
+    "second_precision": "base 10, 4 fractional digits",
 }
 
 

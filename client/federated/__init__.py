@@ -3,7 +3,8 @@
 One job per module, as in flwr: :mod:`~client.federated.dataset` (shares on
 workers), :mod:`~client.federated.loader` (batches built on the workers),
 :mod:`~client.federated.optims` (optimizer state per worker),
-:mod:`~client.federated.fedavg` (averaging on a trusted worker) and
+:mod:`~client.federated.fedavg` (averaging on a trusted worker),
+:mod:`~client.federated.secure_fedavg` (averaging by additive sharing) and
 :mod:`~client.federated.utils` (PySyft's helpers on local models).
 """
 
@@ -18,6 +19,7 @@ from client.federated.fedavg import (
 )
 from client.federated.loader import FederatedDataLoader, batch_indices, local_batches
 from client.federated.optims import Optims
+from client.federated.secure_fedavg import SecureFedAvg, secure_aggregate
 from client.federated.utils import (
     accuracy,
     add_model,
@@ -35,6 +37,7 @@ __all__ = [
     "Optims",
     "PointerDataset",
     "RoundResult",
+    "SecureFedAvg",
     "accuracy",
     "add_model",
     "batch_indices",
@@ -44,6 +47,7 @@ __all__ = [
     "load_parameters",
     "local_batches",
     "scale_model",
+    "secure_aggregate",
     "secure_average",
     "train_epochs",
 ]

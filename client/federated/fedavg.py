@@ -184,6 +184,19 @@ class FedAvg:
             return [count / total for count in samples]
         return [1.0 / len(samples)] * len(samples)
 
+    def aggregate(
+        self, copies: Sequence[nn.Module], weights: Sequence[float]
+    ) -> tuple[float, list[torch.Tensor]]:
+        """The weighted average of the trained ``copies``, and when their training was done.
+
+        Here: the copies move to the aggregator (which waits for each owner's training to
+        finish), are averaged there, and only the average comes back.
+        """
+        for local_copy in copies:  # waits for each owner's training to finish
+            cast(Any, local_copy).move(self.aggregator)
+        fitted = time.perf_counter()
+        return fitted, secure_average(copies, self.aggregator, weights)
+
     def fit_round(
         self,
         model: nn.Module,
@@ -211,10 +224,8 @@ class FedAvg:
             samples[owner_id] = len(share)
             del optimizer
         weights = self.aggregate_weights(list(samples.values()))
-        for local_copy in copies:  # waits for each owner's training to finish
-            cast(Any, local_copy).move(self.aggregator)
-        fitted = time.perf_counter()
-        load_parameters(model, secure_average(copies, self.aggregator, weights))
+        fitted, average = self.aggregate(copies, weights)
+        load_parameters(model, average)
         losses = {
             owner: float(cast(Any, total).get()) / max(samples[owner], 1)
             if total is not None
