@@ -67,6 +67,9 @@ def search(worker: BaseWorker, query: tuple[Any, ...]) -> list[Any]:
     found = []
     for row in rows:
         obj_id, shape, dtype, requires_grad, tags, description = row[:6]
+        if shape is None and dtype == "plan":
+            found.append(_plan_pointer(worker, obj_id, tags, description))
+            continue
         pointer = make_pointer(
             worker,
             obj_id,
@@ -78,6 +81,23 @@ def search(worker: BaseWorker, query: tuple[Any, ...]) -> list[Any]:
         pointer.private = bool(row[6]) if len(row) > 6 else False
         found.append(pointer)
     return found
+
+
+def _plan_pointer(worker: BaseWorker, plan_id: int, tags: list[str], description: str) -> Any:
+    """A found plan as a PointerPlan at ``worker`` (its ops fetched once, to infer shapes).
+
+    Like a found tensor's pointer, dropping it never deletes the plan on the worker.
+    """
+    from client.plan import PointerPlan, _RemotePlan
+    from client.plan_fetch import fetch_plan
+
+    plan = fetch_plan(worker, plan_id)
+    remote = _RemotePlan(worker, plan_id)
+    remote.garbage_collect_data = False
+    pointer = PointerPlan(plan.trace, {worker.id: remote})
+    pointer.tags = set(tags)  # type: ignore[attr-defined]
+    pointer.description = description or None  # type: ignore[attr-defined]
+    return pointer
 
 
 def hosted_tensors(tensors: Iterable[torch.Tensor]) -> list[Any]:

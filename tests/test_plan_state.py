@@ -207,6 +207,32 @@ def test_fetch_plan_by_tag(bob: Any) -> None:
     assert pointer_plan.id_at_location != other.id_at_location
 
 
+def test_search_finds_my_tagged_plans_and_a_found_plan_runs_there(bob: Any) -> None:
+    """PySyft 0.2: ``bob.search("#tag")`` found plans as well as tensors."""
+    sent = stateful().tag("#affine", "#search").describe("doubles and adds one").send(bob)
+    data = torch.tensor([2.0]).tag("#search").send(bob)
+
+    found = bob.search("#search")
+
+    plans = [item for item in found if isinstance(item, sy.plan.PointerPlan)]
+    tensors = [item for item in found if not isinstance(item, sy.plan.PointerPlan)]
+    assert len(plans) == 1 and len(tensors) == 1
+    (plan,) = plans
+    assert plan.id_at_location == sent.id_at_location and plan.location is bob
+    assert plan.tags == {"#affine", "#search"} and plan.description == "doubles and adds one"
+    assert torch.equal(plan(data).get(), torch.tensor([5.0]))
+    del plan, plans, found  # a found plan's pointer never deletes the plan
+    assert torch.equal(sent(torch.tensor([1.0]).send(bob)).get(), torch.tensor([3.0]))
+    assert bob.search("#affine", "#nothing") == []
+
+
+def test_search_never_finds_another_clients_plan(bob: Any, attacker: Any) -> None:
+    stateful().tag("#private-plan").send(bob)
+    bob.synchronize()
+    attacker.send("bob", [[protocol.SEARCH, ["#private-plan"], 1]])
+    assert attacker.replies(1) == [[1, True, []]]
+
+
 def test_plan_tags_must_be_tags() -> None:
     with pytest.raises(TypeError, match="a tag is a non-empty string without spaces"):
         stateful().tag("two words")

@@ -816,16 +816,23 @@ class Engine:
         if not isinstance(query, list) or not all(isinstance(q, str | int) for q in query):
             self._fail(request, (), MalformedMessageError("search takes a list of tags"), "search")
             return
+        from worker.plans import StoredPlan
+
         wanted_tags = {q for q in query if isinstance(q, str)}
         wanted_ids = {q for q in query if isinstance(q, int)}
         principal, owners = self._principal, self.store.owners
         found = []
         for obj_id, obj in self.store.objects.items():
+            if wanted_ids and obj_id not in wanted_ids:
+                continue
+            if isinstance(obj, StoredPlan):  # the caller's own plans (PySyft searched those too)
+                if owners.get(obj_id) == principal and wanted_tags <= obj.tags:
+                    description = obj.wire.get("description") if isinstance(obj.wire, dict) else ""
+                    found.append([obj_id, None, "plan", False, sorted(obj.tags), description or ""])
+                continue
             if not isinstance(obj, torch.Tensor) or owners.get(obj_id) not in (principal, OPERATOR):
                 continue
             tags = getattr(obj, "tags", None) or set()
-            if wanted_ids and obj_id not in wanted_ids:
-                continue
             if wanted_tags <= tags:
                 found.append(
                     [
