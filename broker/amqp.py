@@ -9,8 +9,8 @@ RabbitMQ refuses messages above 128 MiB, so a body larger than
 ``TENSORFLEET_MAX_MESSAGE_BYTES`` travels as several messages, each carrying a
 :class:`Chunk` (in the task's kwargs for task messages, in the
 :data:`CHUNK_HEADER` header for replies). The receiver puts the parts back
-together with a :class:`Reassembler` (client) or through Redis (worker), so the
-engine only ever sees whole envelopes. Splitting slices a ``memoryview``: the
+together with a :class:`~broker.chunking.Reassembler` (client and worker, in
+memory), so the engine only ever sees whole envelopes. Splitting slices a ``memoryview``: the
 sender never holds a second copy of the body, only one chunk at a time.
 """
 
@@ -86,30 +86,14 @@ class Chunk:
         return cls(transfer, index, count, total, offset)
 
 
-def split(body: Buffer, limit: int) -> Iterator[tuple[Chunk | None, memoryview]]:
-    """The parts to send ``body`` as: one unchunked part if it fits ``limit``, else chunks.
-
-    Parts are views of ``body``: no copy is made here.
-    """
-    view = memoryview(body).cast("B")
-    total = len(view)
-    if total <= limit:
-        yield None, view
-        return
-    transfer = uuid.uuid4().hex
-    count = -(-total // limit)
-    for index in range(count):
-        offset = index * limit
-        yield Chunk(transfer, index, count, total, offset), view[offset : offset + limit]
-
-
 def split_pieces(
     body: Buffer | Frames, limit: int, chunk_bytes: int = CHUNK_BYTES
 ) -> Iterator[tuple[Chunk | None, list[memoryview]]]:
-    """Like :func:`split`, for a body that may be :class:`~broker.codec.Frames`.
+    """The parts to send ``body`` as: one unchunked part if it fits ``limit``, else chunks.
 
-    Each part is a list of views of the body's pieces (no copy); a body above
-    ``limit`` travels in parts of at most ``min(limit, chunk_bytes)`` bytes.
+    ``body`` may be :class:`~broker.codec.Frames`. Each part is a list of views of the
+    body's pieces (no copy); a body above ``limit`` travels in parts of at most
+    ``min(limit, chunk_bytes)`` bytes.
     """
     pieces = body.parts if isinstance(body, Frames) else (memoryview(body).cast("B"),)
     total = sum(len(piece) for piece in pieces)

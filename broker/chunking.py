@@ -125,7 +125,3 @@ class Reassembler:
         for key in expired:
             self._drop(key)
         return len(expired)
-
-    def pending(self) -> int:
-        """How many transfers are incomplete."""
-        return len(self._partial)

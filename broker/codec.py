@@ -195,7 +195,7 @@ def new_buffer(size: int) -> memoryview:
     """A writable buffer of ``size`` bytes, for a big copy.
 
     numpy backs it: it asks for transparent huge pages, so filling 100 MiB takes
-    a tenth of the time a ``bytearray`` spends in 4 KiB page faults (floors.md).
+    a tenth of the time a ``bytearray`` spends in 4 KiB page faults.
     """
     return numpy.empty(size, dtype=numpy.uint8).data.cast("B")
 

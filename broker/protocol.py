@@ -105,9 +105,6 @@ COMMAND_ARITY: dict[str, int] = {
     ALLOWED_TO_GET: 2,
 }
 
-#: Attributes of a stored tensor that a Ref may name.
-REF_ATTRS = (None, "grad", "data")
-
 
 @dataclass(frozen=True, slots=True)
 class Ref:
@@ -148,15 +145,6 @@ class PointerRecord:
     location: str
     id_at_location: int
     owns: bool
-    shape: tuple[int, ...]
-    dtype: str
-    requires_grad: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TensorMeta:
-    """What the client knows of a remote tensor without asking: shape, dtype, requires_grad."""
-
     shape: tuple[int, ...]
     dtype: str
     requires_grad: bool

@@ -9,7 +9,7 @@ protocol-v2 task message, and feeds replies into a thread-safe inbox that
 are answered on the same thread with passive declarations, which create nothing
 and need no permission.
 
-Who is who (DESIGN.md, "Parties and trust"): the client connects as the RabbitMQ
+Who is who (README, "Security"): the client connects as the RabbitMQ
 user in its URL; every message it publishes carries that ``user_id`` (RabbitMQ
 refuses a message whose ``user_id`` is not the connection's user). Batches go to
 the worker's own direct exchange ``<ns>.worker.<id>`` (declared by the worker;

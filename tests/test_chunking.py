@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.amqp import Chunk, split
+from broker.amqp import Chunk, split_pieces
 from broker.chunking import Reassembler
 from broker.errors import MalformedMessageError, MessageTooLargeError
 
@@ -21,7 +21,8 @@ class Clock:
 
 
 def parts_of(body: bytes, limit: int) -> list[tuple[Chunk, bytes]]:
-    return [(chunk, bytes(part)) for chunk, part in split(body, limit) if chunk is not None]
+    parts = split_pieces(body, limit)
+    return [(chunk, b"".join(part)) for chunk, part in parts if chunk is not None]
 
 
 def test_a_part_of_one_sender_never_lands_in_another_senders_transfer() -> None:
@@ -37,11 +38,13 @@ def test_a_part_of_one_sender_never_lands_in_another_senders_transfer() -> None:
 
 
 def test_a_part_disagreeing_with_the_first_about_size_drops_the_transfer() -> None:
-    reassembler = Reassembler(max_bytes=1000)
+    clock = Clock()
+    reassembler = Reassembler(max_bytes=1000, clock=clock)
     assert reassembler.add(Chunk("t", 0, 3, 30, 0), b"a" * 10) is None
     with pytest.raises(MalformedMessageError, match="disagrees"):
         reassembler.add(Chunk("t", 1, 3, 900, 10), b"a" * 10)
-    assert reassembler.pending() == 0
+    clock.now = reassembler.ttl
+    assert reassembler.expire() == 0  # nothing was left to expire: the transfer is gone
 
 
 def test_parts_that_do_not_cover_the_message_are_refused() -> None:
@@ -81,5 +84,6 @@ def test_an_abandoned_transfer_expires_and_frees_its_budget() -> None:
     assert reassembler.expire() == 0
     clock.now = 60.0
     assert reassembler.expire() == 1
-    assert reassembler.pending() == 0
+    clock.now = 10 * reassembler.ttl
+    assert reassembler.expire() == 0
     assert reassembler.add(Chunk("b", 0, 2, 1000, 0), b"x", sender="mallory") is None

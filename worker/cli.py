@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from broker import topology
+from broker.backoff import RetryPolicy
 
 _LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
@@ -72,6 +73,11 @@ class DatasetType(click.ParamType):
 DATASET = DatasetType()
 
 
+def connect_retry(retries: int) -> RetryPolicy:
+    """The start-up check's broker retries: 1 s, then growing to 5 s (kombu: 1, 2, 3, 4, 5 s)."""
+    return RetryPolicy(first=1.0, maximum=5.0, retries=retries)
+
+
 def check_servers(worker_ids: Sequence[str]) -> None:
     """Reach the broker and Redis now: BrokerConnectionError / StoreUnavailableError if not.
 
@@ -92,9 +98,9 @@ def check_servers(worker_ids: Sequence[str]) -> None:
     urls = list(settings.broker_urls)  # kombu tries each in turn (failover)
     connection = kombu.Connection(";".join(urls), connect_timeout=5, ssl=kombu_ssl(settings))
     try:
-        connection.ensure_connection(
-            max_retries=settings.connect_retries, interval_start=1, interval_step=1, interval_max=5
-        )
+        # kombu takes float seconds, though its type stubs say int
+        policy: dict[str, Any] = connect_retry(settings.connect_retries).kombu_policy()
+        connection.ensure_connection(**policy)
     except kombu.exceptions.OperationalError as error:  # kombu re-raises socket errors as it
         attempts = settings.connect_retries + 1
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"

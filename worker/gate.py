@@ -175,8 +175,7 @@ class FleetConsumer(Consumer):
         def resume() -> None:
             self.add_task_queue(queue)
 
-        runtime.pause_consuming, runtime.resume_consuming = pause, resume
-        runtime.call_repeatedly = hub.call_repeatedly
+        runtime.attach_consumer(pause, resume, hub.call_repeatedly)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         refuse(message, "not_a_task", "not a Celery task message (no 'task' header)")

@@ -36,14 +36,18 @@ from broker.amqp import (
     split_pieces,
     task_message,
 )
+from broker.backoff import RetryPolicy
 from broker.settings import Settings
 
-__all__ = ["RETRY_POLICY", "Outgoing", "Publisher", "broker_user"]
+__all__ = ["PUBLISH_RETRY", "RETRY_POLICY", "Outgoing", "Publisher", "broker_user"]
 
 log = logging.getLogger(__name__)
 
-#: kombu's publish retry policy: a dropped connection is retried this way, then raised
-RETRY_POLICY = {"max_retries": 5, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
+#: a publish on a dropped connection reconnects at once, then up to 5 times more, waiting as
+#: broker.backoff says (kombu ramps linearly: 0.4, 0.8, 1.2, 1.6, 2 s), then raises
+PUBLISH_RETRY = RetryPolicy(first=0.4, maximum=2.0, retries=5)
+#: the same, as kombu's publish ``retry_policy``
+RETRY_POLICY = PUBLISH_RETRY.kombu_policy()
 #: how long "no such queue" is believed before it is asked again (seconds)
 _NEGATIVE_TTL = 1.0
 

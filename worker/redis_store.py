@@ -25,11 +25,12 @@ import msgpack
 import redis
 import redis.exceptions
 import torch
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff
 from redis.connection import Encoder, PythonRespSerializer  # type: ignore[attr-defined]
 from redis.retry import Retry
 
 from broker import codec, schema
+from broker.backoff import RetryPolicy
 from broker.errors import MalformedMessageError, StoreUnavailableError
 from broker.protocol import PointerRecord
 from worker import keys
@@ -52,6 +53,27 @@ REPLAY_LIMIT = 32 * 1024 * 1024
 
 Outgoing = tuple[str, str, codec.Body]
 
+#: a dropped Redis connection is retried 5 times, after 0.1, 0.2, 0.4, 0.8 and 1 s
+REDIS_RETRY = RetryPolicy(first=0.1, maximum=1.0, retries=5)
+
+
+class PolicyBackoff(AbstractBackoff):
+    """redis-py's backoff interface over :func:`broker.backoff.compute_backoff`.
+
+    redis-py counts ``failures`` from 1, as :meth:`RetryPolicy.delay` counts attempts.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def compute(self, failures: int) -> float:
+        return self.policy.delay(failures)
+
+
+def redis_retry(policy: RetryPolicy = REDIS_RETRY) -> Retry:
+    """redis-py's ``Retry`` for ``policy``: its budget and its waits."""
+    return Retry(PolicyBackoff(policy), policy.retries)
+
 
 def connect_probe(url: str, tls: Mapping[str, Any] | None = None) -> redis.Redis:
     """A Redis client that fails at once (no retries, half-second timeouts): for probes.
@@ -72,7 +94,7 @@ def connect(url: str, tls: Mapping[str, Any] | None = None) -> redis.Redis:
     """
     encoder = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)
     options: dict[str, Any] = {  # command_packer is newer than the type stubs
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+        "retry": redis_retry(),
         "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         "health_check_interval": 30,
         "socket_keepalive": True,

@@ -144,7 +144,8 @@ class Runtime:
         self._write: Future[None] | None = None
         #: acknowledgements (callables) held back until the background write is done
         self._held_acks: list[tuple[Callable[[], None], Callable[[], None]]] = []
-        #: how to pause and resume consuming: set by the consumer (worker.gate)
+        #: how to pause and resume consuming, and the event loop's timer: the consumer's
+        #: (worker.gate), given by :meth:`attach_consumer` once it runs
         self.pause_consuming: Callable[[], None] = lambda: None
         self.resume_consuming: Callable[[], None] = lambda: None
         self.call_repeatedly: Callable[[float, Callable[[], None]], Any] | None = None
@@ -154,6 +155,17 @@ class Runtime:
         self._probe_client = connect_probe(
             settings.redis_url, redis_ssl_kwargs(settings, settings.redis_url)
         )
+
+    def attach_consumer(
+        self,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        call_repeatedly: Callable[[float, Callable[[], None]], Any],
+    ) -> None:
+        """Take the consumer's controls: the store-down state pauses and resumes consuming
+        with them and probes Redis on the event loop's timer (``call_repeatedly``)."""
+        self.pause_consuming, self.resume_consuming = pause, resume
+        self.call_repeatedly = call_repeatedly
 
     # ------------------------------------------------------------------ one message
     def run(self, body: bytes, arrival: Arrival) -> bytes | None:
