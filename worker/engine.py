@@ -668,8 +668,11 @@ class Engine:
                 raise TypeError(f"object {plan_id} on {self.worker_id} is not a plan")
             for result_id in result_ids:
                 self._check_free(result_id)
-            if plan.mutates_inputs:
-                self._check_mutable(args, {}, every=True)
+            # only the inputs its in-place ops reach need CHANGE access (hosted data it reads
+            # does not), and only they are written through
+            changed = [args[i] for i in plan.mutated_inputs if i < len(args)]
+            if changed:
+                self._check_mutable(changed, {}, every=True)
             self._pointer_location = None
             self._hosted_inputs = None
             inputs = self._resolve(args)
@@ -692,12 +695,16 @@ class Engine:
             if self._hosted_inputs is not None:
                 outputs = list(_unaliased(tuple(outputs), self._hosted_inputs))
             if plan.mutates_inputs:  # in-place changes must reach the durable copy too
-                for ref in self._refs(args):
+                for ref in self._refs(changed):
                     self.store.touch(ref.id)
                 self.store.touch(plan_id)
-            self._keep_results(
-                "run_plan", tuple(outputs) if len(outputs) != 1 else outputs[0], result_ids, args
-            )
+            if result_ids:  # none: a call for its in-place effects only (a training step)
+                self._keep_results(
+                    "run_plan",
+                    tuple(outputs) if len(outputs) != 1 else outputs[0],
+                    result_ids,
+                    args,
+                )
         except Exception as error:
             self._fail(request, result_ids, error, command)
             return

@@ -29,6 +29,7 @@ from torch import nn
 
 from client.federated.dataset import FederatedDataset
 from client.federated.loader import FederatedDataLoader
+from client.federated.train_step import train_step_for
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -46,6 +47,10 @@ class LocalTraining:
     loss: Loss = F.cross_entropy
     #: builds the optimizer of a copy; plain SGD with ``lr`` when None
     optimizer: OptimizerFactory | None = None
+    #: run each batch's step (forward, loss, backward, SGD step, running loss) as one plan
+    #: call on the owner (client/federated/train_step.py); step by step when False, or when
+    #: the optimizer is not a plain SGD the plan can replay
+    one_message_per_batch: bool = True
 
     def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         if self.optimizer is not None:
@@ -152,6 +157,8 @@ class FedAvg:
         self.training = training or LocalTraining()
         self.generator = generator
         self.weighted = weighted
+        #: the training-step plans, kept across rounds (deleted on the workers with this)
+        self._train_steps: dict[Any, Any] = {}
 
     def configure_fit(
         self, model: nn.Module, owner: Any
@@ -169,6 +176,10 @@ class FedAvg:
         on_batch: Callable[[], None] | None = None,
     ) -> torch.Tensor | None:
         """Local epochs on the owner; returns a pointer to the last epoch's summed loss."""
+        if self.training.one_message_per_batch:
+            step = train_step_for(model, optimizer, self.training.loss, self._train_steps)
+            if step is not None:  # one run_plan command per batch
+                return step.fit(model, loader, owner_id, self.training.epochs, on_batch)
         return train_epochs(
             model,
             lambda: loader.iter_worker(owner_id),
