@@ -184,7 +184,7 @@ class TrainStep:
             names = [name for name, _ in model.named_parameters()]
             plan = Plan(self._step(model, names, batch_size), "train_step")
             try:
-                plan.build(*inputs)
+                plan.build(*(_example(pointer.child.meta) for pointer in inputs))
             finally:
                 self._release()
             self._plans[key] = plan
@@ -254,6 +254,13 @@ class TrainStep:
                 if on_batch is not None:
                     on_batch()
         return cast(torch.Tensor | None, total)
+
+
+def _example(meta: tuple[tuple[int, ...], torch.dtype, bool]) -> torch.Tensor:
+    """A local tensor to trace on: ones, but zeros for integers (a valid index and class)."""
+    shape, dtype, requires_grad = meta
+    fill = torch.ones if dtype.is_floating_point or dtype.is_complex else torch.zeros
+    return fill(shape, dtype=dtype).requires_grad_(requires_grad)
 
 
 def _as_list(index: slice | list[int]) -> list[int]:
