@@ -72,6 +72,9 @@ class DemoConfig:
     #: the owners host their shares (written as safetensors files, loaded by the workers)
     #: and the client finds them by tag instead of sending them (``--hosted``)
     hosted: bool = False
+    #: train each batch command by command instead of as one training-step plan
+    #: (``--step-by-step``, for comparison: the results are the same)
+    step_by_step: bool = False
 
 
 @dataclass
@@ -268,7 +271,12 @@ def _train(
     features = int(split.train_x.shape[1])
     federated_model = make_model(features, config.hidden, classes, config.seed)
     central_model = make_model(features, config.hidden, classes, config.seed)
-    training = LocalTraining(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr)
+    training = LocalTraining(
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        one_message_per_batch=not config.step_by_step,
+    )
     result = DemoResult(train_samples=len(split.train_x), test_samples=len(split.test_x))
 
     if config.hosted:
@@ -566,6 +574,12 @@ def demo_workers(
     "loaded by the workers: data= in-process, --dataset on a private fleet) and the client "
     "finds them by tag and trains on them without ever holding them.",
 )
+@click.option(
+    "--step-by-step",
+    is_flag=True,
+    help="Send each training batch as its separate commands (forward, backward, step...) "
+    "instead of one training-step plan call: slower, same results; for comparison.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of progress bars.")
 def demo(
     rounds: int,
@@ -580,6 +594,7 @@ def demo(
     max_train: int | None,
     owners: tuple[str, ...],
     hosted: bool,
+    step_by_step: bool,
     no_progress: bool,
 ) -> None:
     """Federated averaging across three data owners, beside a centralized baseline."""
@@ -595,6 +610,7 @@ def demo(
         mnist=mnist,
         max_train=max_train,
         hosted=hosted,
+        step_by_step=step_by_step,
     )
     kind = "fleet workers (RabbitMQ -> Celery -> Redis)" if fleet else "in-process workers"
     click.echo(f"TensorFleet demo on {kind}{', owners hosting their data' if hosted else ''}")
