@@ -125,6 +125,10 @@ class OpLimits:
         self.max_result_bytes = max_result_bytes
         self.max_work = max_work
         self._shapes = ShapeCache()
+        #: how many checks could not size an op's results from its inputs' metadata (they
+        #: depend on the data, or the call is wrong): a plan whose ops all could be sized
+        #: passes again for inputs of the same metadata (see Engine._run_plan)
+        self.inexact = 0
 
     def check(
         self,
@@ -150,6 +154,7 @@ class OpLimits:
         input_elements = sum(tensor.numel() for tensor in inputs)
         inferred = self._shapes.infer(func, tuple(args), kwargs, _meta_of, grad)
         if inferred is None:
+            self.inexact += 1
             failure = meta_failure(func, tuple(args), kwargs, _meta_of, grad)
             if failure is None or not is_data_dependent(failure):
                 return 0  # a bad call: the op itself raises its real error, before allocating

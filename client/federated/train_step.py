@@ -238,7 +238,7 @@ class TrainStep:
         buffers = [torch.zeros_like(p) for p in params] if self.settings.momentum else []
         total: Any = None
         for batches in epoch_batches:
-            total = torch.zeros(()).send(location)
+            total = cast(Any, torch.zeros(())).send(location)
             for batch in batches:
                 inputs = [data, targets, order, cursor, total, *params, *buffers]
                 plan = self._pointer_plan(model, len(batch), inputs)
