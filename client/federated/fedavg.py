@@ -5,8 +5,10 @@ One round (:meth:`FedAvg.fit_round`), over whatever workers hold the data:
 1. **configure**: a copy of the global model goes to each data owner
    (``model.copy().send(owner)``) with its own optimizer;
 2. **fit**: each copy trains for ``epochs`` local epochs on its owner's batches
-   (built on the owner by a :class:`FederatedDataLoader`); every command is
-   pipelined, so on a fleet the owners train at the same time;
+   (built on the owner by a :class:`FederatedDataLoader`); each batch is one call of
+   a training-step plan (:mod:`client.federated.train_step`) when the optimizer is a
+   plain SGD, else its separate commands; every command is pipelined, so on a fleet
+   the owners train at the same time;
 3. **aggregate**: the trained copies move to the aggregator (``.move``, worker to
    worker), are averaged there, weighted by share size, under ``torch.no_grad()``,
    and only the average comes back, as one tensor, into the global model.

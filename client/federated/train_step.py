@@ -10,6 +10,9 @@ batch is one command that runs it.
 Why the plan stays data. The step is recorded by the ordinary plan tracer
 (:func:`client.plan.trace`) as allowlisted torch ops and nothing else:
 
+* **the forward pass** is the model's own, run by ``torch.func.functional_call``
+  with the plan's parameter inputs in place of the module's, so its ops read the
+  inputs (not constants);
 * **backward** is ``torch.autograd.grad(loss, params)``, one op whose results are
   the gradients (``.grad`` is never read or written, so no gradient is captured
   as a constant and no ``.grad`` state is left on the worker);
@@ -19,15 +22,17 @@ Why the plan stays data. The step is recorded by the ordinary plan tracer
   and with the arithmetic of ``torch.optim.SGD``'s single-tensor step, so the
   results are the same to the bit;
 * **the batch** is picked on the worker: the plan takes the owner's whole share
-  and an index tensor of the epoch's sample order (sent once per fit, drawn from
-  the loader's own generator) and a cursor it advances in place, so a batch
-  needs no command of its own;
+  and an index tensor of the sample order of every epoch of the fit (sent once per
+  fit, drawn from the loader's own generator as ``iter_worker`` would) and a
+  cursor it advances in place, so a batch needs no command of its own;
 * **the running loss** is ``total.add_(loss.detach() * batch_size)``.
 
 ``torch.func.grad`` would express the same functionally, but it is a function
 transform (it calls a Python function), which cannot travel as data; an op
 taking tensors and returning tensors can. The worker checks every op of the
-plan against its allowlist like any plan (``torch.autograd.grad`` is on it).
+plan against its allowlist like any plan (``torch.autograd.grad`` is on it), and
+its per-op size limits the first time the plan runs on inputs of given shapes
+(``torch.autograd.grad``'s results are sized from the tensors it differentiates for).
 
 Where things live. The parameters are the model copy's own tensors on the
 worker; the plan takes them as inputs and changes them in place, so the model's
