@@ -166,3 +166,30 @@ def test_the_step_is_allowlisted_ops_and_changes_only_parameters_and_counters(bo
     assert plan.mutated_inputs == tuple(range(3, 13))
     assert mutated_inputs(plan.inputs, len(plan.state), plan.ops) == plan.mutated_inputs
     assert step.traced == 1
+
+
+def test_a_loader_loop_on_one_worker_trains_with_the_step_plan(bob: Any) -> None:
+    from client.federated import FederatedDataLoader, train_epochs
+
+    def train(planned: bool) -> tuple[float, list[torch.Tensor]]:
+        dataset = federate(_data(), [bob])
+        loader = FederatedDataLoader(
+            dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(2)
+        )
+        model = _model().send(bob)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+        loss = nn.functional.cross_entropy
+        if planned:
+            settings = SGDSettings.of(optimizer)
+            assert settings is not None
+            total = TrainStep(loss, settings).fit(model, loader, "bob", epochs=2)
+        else:
+            total = train_epochs(model, lambda: loader.iter_worker("bob"), optimizer, loss, 2)
+        assert total is not None
+        return float(total.get()), [p.detach().clone() for p in model.get().parameters()]
+
+    stepped_loss, stepped = train(planned=False)
+    planned_loss, planned = train(planned=True)
+    assert planned_loss == pytest.approx(stepped_loss, rel=1e-6)
+    for a, b in zip(planned, stepped, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
