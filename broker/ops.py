@@ -330,6 +330,10 @@ FACTORIES: tuple[str, ...] = (
 
 #: ``torch.linalg`` functions: only those whose work the per-op limits bound well (no
 #: factorizations, whose cost is far above the elements they read and write)
+#: ``torch.autograd`` functions: ``grad`` returns gradients as results (a training-step plan
+#: records it as an op instead of reading ``.grad``, see client/federated/train_step.py)
+AUTOGRAD: tuple[str, ...] = ("grad",)
+
 LINALG: tuple[str, ...] = (
     "vector_norm",
     "vecdot",
@@ -399,6 +403,8 @@ def _named_callables() -> dict[str, Callable[..., Any]]:
             table[f"torch.{name}"] = function
     for name in FACTORIES:
         table[f"torch.{name}"] = getattr(torch, name)
+    for name in AUTOGRAD:
+        table[f"torch.autograd.{name}"] = getattr(torch.autograd, name)
     for name in LINALG:
         function = getattr(torch.linalg, name, None)
         if function is not None:

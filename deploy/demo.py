@@ -77,6 +77,9 @@ class DemoConfig:
     #: also train with secure aggregation (client.federated.SecureFedAvg) beside the plain
     #: FedAvg, from the same initial weights and batches, and compare (``--secure-agg``)
     secure_agg: bool = False
+    #: train each batch command by command instead of as one training-step plan
+    #: (``--step-by-step``, for comparison: the results are the same)
+    step_by_step: bool = False
 
 
 @dataclass
@@ -287,7 +290,12 @@ def _train(
     features = int(split.train_x.shape[1])
     federated_model = make_model(features, config.hidden, classes, config.seed)
     central_model = make_model(features, config.hidden, classes, config.seed)
-    training = LocalTraining(epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr)
+    training = LocalTraining(
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        one_message_per_batch=not config.step_by_step,
+    )
     result = DemoResult(train_samples=len(split.train_x), test_samples=len(split.test_x))
 
     if config.hosted:
@@ -641,6 +649,12 @@ def demo_workers(
     "the owners, only the average reconstructed) from the same start, and print its "
     "accuracy and per-round cost beside plain FedAvg's.",
 )
+@click.option(
+    "--step-by-step",
+    is_flag=True,
+    help="Send each training batch as its separate commands (forward, backward, step...) "
+    "instead of one training-step plan call: slower, same results; for comparison.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of progress bars.")
 def demo(
     rounds: int,
@@ -656,6 +670,7 @@ def demo(
     owners: tuple[str, ...],
     hosted: bool,
     secure_agg: bool,
+    step_by_step: bool,
     no_progress: bool,
 ) -> None:
     """Federated averaging across three data owners, beside a centralized baseline."""
@@ -672,6 +687,7 @@ def demo(
         max_train=max_train,
         hosted=hosted,
         secure_agg=secure_agg,
+        step_by_step=step_by_step,
     )
     kind = "fleet workers (RabbitMQ -> Celery -> Redis)" if fleet else "in-process workers"
     click.echo(f"TensorFleet demo on {kind}{', owners hosting their data' if hosted else ''}")

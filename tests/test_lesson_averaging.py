@@ -7,6 +7,7 @@ same steps to 1e-5.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import torch
@@ -220,7 +221,8 @@ def test_fedavg_rounds_equal_a_local_replay(bob, alice, jon, secure_worker):
     assert results[0].samples == {"bob": 24, "alice": 24, "jon": 22}
     assert set(results[0].losses) == {"bob", "alice", "jon"}
     assert results[1].loss < results[0].loss
-    # nothing is left behind but the data shares
-    del results
+    # nothing is left behind but the data shares (the strategy's training-step plans go with it)
+    del results, strategy
+    gc.collect()
     assert secure_worker._objects == {}
     assert all(len(w._objects) == 2 for w in (bob, alice, jon))

@@ -67,6 +67,8 @@ def test_ops_within_the_limits_and_inside_plans_run_as_before(bob: Any) -> None:
 
     blow_up.build(torch.ones(1))  # harmless on the example: a million elements
     plan = blow_up.send(bob)
+    small = plan(torch.ones(1).send(bob))  # checked op by op once, then known for such inputs
+    assert plan(torch.ones(1).send(bob)).shape == small.shape == (2**20,)
     wide = torch.ones(2**12).send(bob)  # on this input the same op would make 2**32
     with pytest.raises(OperationTooLargeError):
         plan(wide).get()
@@ -84,3 +86,14 @@ def test_contractions_count_multiply_adds() -> None:
     with pytest.raises(OperationTooLargeError, match="TENSORFLEET_MAX_OP_WORK"):
         limits.check("torch.mm", torch.mm, [a, b], {}, True)  # 10**7 multiply-adds
     limits.check("torch.add", torch.add, [a, a], {}, True)  # 3 * 10**5 elements: fine
+
+
+def test_gradients_are_sized_from_the_inputs_they_are_taken_for() -> None:
+    limits = OpLimits("bob", max_result_bytes=1000, max_work=10**6)
+    weight = torch.ones(10, 10, requires_grad=True)
+    loss = (weight * 2).sum()
+    grad = torch.autograd.grad
+    assert limits.check("torch.autograd.grad", grad, [loss, [weight]], {}, True) == 400
+    big = torch.ones(30, 30, requires_grad=True)
+    with pytest.raises(OperationTooLargeError, match="TENSORFLEET_MAX_OBJECT_BYTES"):
+        limits.check("torch.autograd.grad", grad, [(big * 2).sum(), (big,)], {}, True)

@@ -125,6 +125,10 @@ class OpLimits:
         self.max_result_bytes = max_result_bytes
         self.max_work = max_work
         self._shapes = ShapeCache()
+        #: how many checks could not size an op's results from its inputs' metadata (they
+        #: depend on the data, or the call is wrong): a plan whose ops all could be sized
+        #: passes again for inputs of the same metadata (see Engine._run_plan)
+        self.inexact = 0
 
     def check(
         self,
@@ -135,6 +139,8 @@ class OpLimits:
         grad: bool,
     ) -> int:
         """Raise if ``func(*args, **kwargs)`` would exceed a limit; else its result bytes."""
+        if func is torch.autograd.grad:
+            return self._check_gradients(name, args, kwargs)
         if func in FACTORY_FUNCTIONS and kwargs:
             for key in _FACTORY_REFUSED:
                 if key in kwargs:  # a tensor elsewhere than in memory, or written in place
@@ -148,6 +154,7 @@ class OpLimits:
         input_elements = sum(tensor.numel() for tensor in inputs)
         inferred = self._shapes.infer(func, tuple(args), kwargs, _meta_of, grad)
         if inferred is None:
+            self.inexact += 1
             failure = meta_failure(func, tuple(args), kwargs, _meta_of, grad)
             if failure is None or not is_data_dependent(failure):
                 return 0  # a bad call: the op itself raises its real error, before allocating
@@ -175,6 +182,21 @@ class OpLimits:
             work += rows * sum(tensor.numel() for tensor in inputs[1:])
         self._check_work(name, work)
         return output_bytes
+
+    def _check_gradients(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> int:
+        """``torch.autograd.grad``: one gradient per input, each the input's size.
+
+        Meta tensors carry no graph, so the gradients are sized from the ``inputs``
+        argument. The backward pass costs a small multiple of the forward ops that
+        built the graph, each of which passed these limits when it ran.
+        """
+        wanted = args[1] if len(args) > 1 else kwargs.get("inputs", ())
+        tensors = list(_tensors([wanted]))
+        elements = sum(tensor.numel() for tensor in tensors)
+        size = sum(tensor.numel() * _element_size(tensor.dtype) for tensor in tensors)
+        self._check_work(name, 2 * elements)
+        self._check_bytes(name, size)
+        return size
 
     def _check_bytes(self, name: str, size: int) -> None:
         if size > self.max_result_bytes:

@@ -74,6 +74,9 @@ class StoredPlan:
             is_inplace(op.name) or op.name == "Tensor.__setitem__" or "out" in op.kwargs
             for op in ops
         )
+        #: the input positions an op may change (in place, through any view of them): only
+        #: these need CHANGE access and a write-through after a call
+        self.mutated_inputs: tuple[int, ...] = mutated_inputs(inputs, len(state), ops)
 
     def __repr__(self) -> str:
         names = ", ".join(dict.fromkeys(op.name.rpartition(".")[2] for op in self.ops))
@@ -84,6 +87,35 @@ class StoredPlan:
             f"<Plan {self.name}: {self.inputs} input(s), {len(self.state)} state "
             f"tensor{plural}, {len(self.ops)} ops ({names}), {len(self.outputs)} output(s)>"
         )
+
+
+def mutated_inputs(inputs: int, state: int, ops: list[_Op]) -> tuple[int, ...]:
+    """The inputs a plan's in-place ops may write to, in order.
+
+    Conservative: any op's result may alias any tensor it was given (a view, a detach),
+    so a slot stands for every input it was made from; an in-place op (or ``out=``,
+    or item assignment) writes to every input behind its first argument. A
+    training step that updates its parameters through ``p.detach().add_(...)``
+    marks the parameters, not the data it read.
+    """
+    roots: list[frozenset[int]] = [frozenset({i}) for i in range(inputs)]
+    roots += [frozenset()] * state
+    mutated: set[int] = set()
+    for op in ops:
+        if is_inplace(op.name) or op.name == "Tensor.__setitem__":
+            for leaf in leaves(op.args[:1]):
+                if type(leaf) is Slot:
+                    mutated |= roots[leaf.index]
+        if "out" in op.kwargs:
+            for leaf in leaves(op.kwargs["out"]):
+                if type(leaf) is Slot:
+                    mutated |= roots[leaf.index]
+        if any(out is not None for out in op.outs):
+            made = frozenset().union(
+                *(roots[leaf.index] for leaf in leaves([op.args, op.kwargs]) if type(leaf) is Slot)
+            )
+            roots += [made for out in op.outs if out is not None]
+    return tuple(sorted(mutated))
 
 
 def _has_slot(value: Any) -> bool:

@@ -5,8 +5,10 @@ One round (:meth:`FedAvg.fit_round`), over whatever workers hold the data:
 1. **configure**: a copy of the global model goes to each data owner
    (``model.copy().send(owner)``) with its own optimizer;
 2. **fit**: each copy trains for ``epochs`` local epochs on its owner's batches
-   (built on the owner by a :class:`FederatedDataLoader`); every command is
-   pipelined, so on a fleet the owners train at the same time;
+   (built on the owner by a :class:`FederatedDataLoader`); each batch is one call of
+   a training-step plan (:mod:`client.federated.train_step`) when the optimizer is a
+   plain SGD, else its separate commands; every command is pipelined, so on a fleet
+   the owners train at the same time;
 3. **aggregate**: the trained copies move to the aggregator (``.move``, worker to
    worker), are averaged there, weighted by share size, under ``torch.no_grad()``,
    and only the average comes back, as one tensor, into the global model.
@@ -29,6 +31,7 @@ from torch import nn
 
 from client.federated.dataset import FederatedDataset
 from client.federated.loader import FederatedDataLoader
+from client.federated.train_step import train_step_for
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -46,6 +49,10 @@ class LocalTraining:
     loss: Loss = F.cross_entropy
     #: builds the optimizer of a copy; plain SGD with ``lr`` when None
     optimizer: OptimizerFactory | None = None
+    #: run each batch's step (forward, loss, backward, SGD step, running loss) as one plan
+    #: call on the owner (client/federated/train_step.py); step by step when False, or when
+    #: the optimizer is not a plain SGD the plan can replay
+    one_message_per_batch: bool = True
 
     def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         if self.optimizer is not None:
@@ -152,6 +159,8 @@ class FedAvg:
         self.training = training or LocalTraining()
         self.generator = generator
         self.weighted = weighted
+        #: the training-step plans, kept across rounds (deleted on the workers with this)
+        self._train_steps: dict[Any, Any] = {}
 
     def configure_fit(
         self, model: nn.Module, owner: Any
@@ -169,6 +178,10 @@ class FedAvg:
         on_batch: Callable[[], None] | None = None,
     ) -> torch.Tensor | None:
         """Local epochs on the owner; returns a pointer to the last epoch's summed loss."""
+        if self.training.one_message_per_batch:
+            step = train_step_for(model, optimizer, self.training.loss, self._train_steps)
+            if step is not None:  # one run_plan command per batch
+                return step.fit(model, loader, owner_id, self.training.epochs, on_batch)
         return train_epochs(
             model,
             lambda: loader.iter_worker(owner_id),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -85,6 +86,23 @@ def _counted_round(strategy: FedAvg, model: nn.Module, dataset: Any) -> dict[str
     return counts
 
 
+def _timed_rounds(
+    aggregator: Any, training: LocalTraining, dataset: Any, repeats: int
+) -> tuple[float, float, dict[str, float]]:
+    """The best of ``repeats`` rounds (after a warm one): seconds, fit seconds, and counts."""
+    strategy = FedAvg(aggregator, training, generator=torch.Generator().manual_seed(1))
+    model = _model()
+    strategy.fit_round(model, dataset)  # warm: shape cache, plans, connections, allocator
+    best_round = best_fit = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = strategy.fit_round(model, dataset)
+        elapsed = time.perf_counter() - start
+        if elapsed < best_round:
+            best_round, best_fit = elapsed, result.timings["fit"]
+    return best_round, best_fit, _counted_round(strategy, model, dataset)
+
+
 def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, kind: str) -> list[Row]:
     """The rows of one kind of worker, ``inprocess`` or ``fleet``."""
     from client.federated.dataset import federate
@@ -98,23 +116,16 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, kind: str) -> lis
         dataset = federate(torch.utils.data.TensorDataset(x, y), owners)
         shares = [(dataset[w].data.get(), dataset[w].targets.get()) for w in dataset.workers]
         dataset = federate(torch.utils.data.TensorDataset(x, y), owners)  # (get() took them)
-        strategy = FedAvg(aggregator, training, generator=torch.Generator().manual_seed(1))
-        model = _model()
-        strategy.fit_round(model, dataset)  # warm: shape cache, connections, allocator
         repeats = 1 if quick else 3
-        best_round = best_fit = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = strategy.fit_round(model, dataset)
-            elapsed = time.perf_counter() - start
-            if elapsed < best_round:
-                best_round, best_fit = elapsed, result.timings["fit"]
-        counts = _counted_round(strategy, model, dataset)
+        # the same round step by step (27 commands a batch), timed in the same run
+        stepwise = replace(training, one_message_per_batch=False)
+        step_round, _, step_counts = _timed_rounds(aggregator, stepwise, dataset, repeats)
+        best_round, best_fit, counts = _timed_rounds(aggregator, training, dataset, repeats)
         local_sum = local_path = float("inf")
         for _ in range(repeats + 1):
             total, path = _local_round(_model(), shares, training)
             local_sum, local_path = min(local_sum, total), min(local_path, path)
-        del dataset, strategy
+        del dataset
         release([*owners, aggregator])
     finally:
         torch.set_num_threads(threads)
@@ -164,6 +175,22 @@ def _rows(owners: Sequence[Any], aggregator: Any, quick: bool, kind: str) -> lis
             per_batch,
             f"{label} FedAvg round: commands sent (deletes included)",
             counts["commands"],
+            "cmd",
+            "training batches",
+            batches,
+        ),
+        Row(
+            f"fedavg_round_{kind}_step_by_step",
+            f"{label} FedAvg round, each batch step by step (no training-step plan)",
+            step_round * 1e3,
+            "ms",
+            "same round, local torch",
+            local_sum * 1e3,
+        ),
+        Row(
+            f"fedavg_commands_per_batch_step_by_step{'' if parallel else '_inprocess'}",
+            f"{label} FedAvg round step by step: commands sent (deletes included)",
+            step_counts["commands"],
             "cmd",
             "training batches",
             batches,
