@@ -199,6 +199,14 @@ class BaseWorker:
 
         return search(self, query)
 
+    def request_search(self, *query: Any, location: Any) -> list[Any]:
+        """``me.request_search("#fun", location=bob)``: PySyft's spelling of ``bob.search``."""
+        if not isinstance(location, BaseWorker):
+            raise TypeError(
+                f"location must be a worker (bob, not {location!r:.40}): the search runs there"
+            )
+        return location.search(*query)
+
     def synchronize(self) -> None:
         """Wait until the worker has run every command sent so far (raises their errors)."""
         self.session.synchronize(self.id)

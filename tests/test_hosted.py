@@ -109,6 +109,23 @@ def test_tags_and_description_travel_with_a_sent_tensor(bob):
         torch.ones(1).tag("#two words")
 
 
+def test_request_search_is_pysyfts_spelling_of_search(hook, bob):
+    pointer = torch.tensor([4.0]).tag("#request-search").send(bob)
+    (found,) = hook.local_worker.request_search("#request-search", location=bob)
+    assert found.id_at_location == pointer.id_at_location and found.location is bob
+    with pytest.raises(TypeError, match="location must be a worker"):
+        hook.local_worker.request_search("#request-search", location="bob")
+
+
+def test_an_in_process_worker_hosts_ten_thousand_tensors(hook):
+    """PySyft 0.2.4's test_spinup_time hosts 10,000 tensors: all of them are found."""
+    data = [torch.tensor([float(i)]).tag("#spinup") for i in range(10_000)]
+    worker = sy.VirtualWorker(hook, id="spinup", data=data)
+    found = worker.search("#spinup")
+    assert len(found) == 10_000
+    assert sorted(pointer.id_at_location for pointer in found) == sorted(t.id for t in data)
+
+
 def test_a_missing_share_is_named_with_the_worker_and_the_tags(owners):
     bob, _ = owners
     with pytest.raises(DatasetNotFoundError, match=r'"bob" has 0 tensors tagged #absent #data'):
