@@ -113,8 +113,8 @@ class ShapeCache:
     ) -> tuple[Any, ...]:
         """The cache key of a call: ``(func, grad, *arg_keys[, kwargs_key])``.
 
-        The client's hot path builds the same key inline for pointers and plain numbers;
-        ``tests/test_meta.py`` checks that the two agree.
+        Each argument's part comes from :func:`arg_key`, which the client's hot path
+        (``client.pointer._fast_call``) calls too, so the two keys are built alike.
         """
         parts: list[Any] = [func, grad]
         for arg in args:

@@ -25,7 +25,7 @@ import torch
 
 from broker import codec, protocol
 from broker.errors import GetRequiredError, TensorsNotCollocatedException
-from broker.meta import Meta, ShapeCache
+from broker.meta import Meta, ShapeCache, arg_key
 from broker.ops import is_inplace, wire_name
 from broker.tree import leaves
 
@@ -245,12 +245,11 @@ def _fast_call(func: Callable[..., Any], info: tuple[str, bool], args: tuple[Any
                 return None
             location = pointer.location
             wire.append(pointer.ref)
-            key.append(pointer.meta)
         elif kind is int or kind is float or kind is bool:
             wire.append(arg)
-            key.append((kind, arg))
         else:
             return None
+        key.append(arg_key(arg, _pointer_meta))  # the one key builder (broker.meta)
     inferred = SHAPES.cached(tuple(key))
     if location is None or inferred is None or inferred.container is not None:
         return None

@@ -1,10 +1,11 @@
 """The shape cache's key: the client's hot path and :meth:`ShapeCache.key` build the same one.
 
-The pipelined-op hot path (``client.pointer._fast_call``) builds its cache key inline,
-in the same pass as the wire arguments, to stay within a few microseconds; every other
-call goes through :meth:`broker.meta.ShapeCache.key`. If the two ever disagreed, the hot
-path would miss the cache for good and every pipelined op would pay the slow path. Here
-each hot-path lookup is recorded and compared with the key ``ShapeCache.key`` gives.
+The pipelined-op hot path (``client.pointer._fast_call``) builds its cache key in the
+same pass as the wire arguments, each part from :func:`broker.meta.arg_key`; every other
+call goes through :meth:`broker.meta.ShapeCache.key`, which uses the same function. If
+the two ever disagreed, the hot path would miss the cache for good and every pipelined
+op would pay the slow path. Here each hot-path lookup is recorded and compared with the
+key ``ShapeCache.key`` gives.
 """
 
 from __future__ import annotations
