@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from broker.ops import FACTORIES
+from broker.tree import map_leaves
 
 #: (shape, dtype, requires_grad) of one tensor
 Meta = tuple[tuple[int, ...], torch.dtype, bool]
@@ -136,18 +137,19 @@ _META = torch.device("meta")
 
 
 def _to_meta(value: Any, meta_of: Callable[[Any], Meta | None]) -> Any:
-    meta = meta_of(value)
-    if meta is not None:
-        shape, dtype, requires_grad = meta
-        tensor = torch.empty(shape, dtype=dtype, device="meta")
-        return tensor.requires_grad_(True) if requires_grad else tensor
-    if (type(value) is torch.device and value == _CPU) or (type(value) is str and value == "cpu"):
-        return _META  # x.to(x.device), x.to("cpu"): stay on meta
-    if isinstance(value, list | tuple) and not isinstance(value, torch.Size):
-        return type(value)(_to_meta(item, meta_of) for item in value)
-    if isinstance(value, dict):
-        return {key: _to_meta(item, meta_of) for key, item in value.items()}
-    return value
+    """``value`` with every tensor (or pointer) replaced by a meta tensor like it."""
+
+    def leaf_to_meta(leaf: Any) -> Any:
+        meta = meta_of(leaf)
+        if meta is not None:
+            shape, dtype, requires_grad = meta
+            tensor = torch.empty(shape, dtype=dtype, device="meta")
+            return tensor.requires_grad_(True) if requires_grad else tensor
+        if (type(leaf) is torch.device and leaf == _CPU) or (type(leaf) is str and leaf == "cpu"):
+            return _META  # x.to(x.device), x.to("cpu"): stay on meta
+        return leaf
+
+    return map_leaves(value, leaf_to_meta)
 
 
 def meta_failure(
