@@ -463,28 +463,34 @@ class FleetTransport:
                 return
             self._exchanges.add(exchange)
         routing_key = topology.worker_queue(worker_id, namespace)
-        tags: list[int] = []
-        for chunk, part in split_pieces(body, self.settings.max_message_bytes):
-            task_id = new_task_id()
-            headers, payload = task_message(part, task_id, self.client_id, chunk, resend=resend)
-            properties = pika.BasicProperties(
-                headers=headers,
-                reply_to=self.reply_address,
-                correlation_id=task_id,
-                delivery_mode=PERSISTENT,
-                priority=0,
-                user_id=self.user,
-                **message_properties(),
-            )
-            del part
-            channel.basic_publish(exchange, routing_key, payload, properties, mandatory=True)
-            del payload
-            self._delivery_tag += 1
-            tags.append(self._delivery_tag)
-        # registered once every part is out: a batch cut short stays in the outbox instead
+        # each message is registered before it goes out: its confirm may arrive while
+        # basic_publish still flushes; a batch cut short is taken back out (it stays in
+        # the outbox and goes out whole on the next connection)
         batch = _Unconfirmed(worker_id, body)
-        for tag in tags:
-            self._unconfirmed[tag] = batch
+        tags: list[int] = []
+        try:
+            for chunk, part in split_pieces(body, self.settings.max_message_bytes):
+                task_id = new_task_id()
+                headers, payload = task_message(part, task_id, self.client_id, chunk, resend=resend)
+                properties = pika.BasicProperties(
+                    headers=headers,
+                    reply_to=self.reply_address,
+                    correlation_id=task_id,
+                    delivery_mode=PERSISTENT,
+                    priority=0,
+                    user_id=self.user,
+                    **message_properties(),
+                )
+                del part
+                self._delivery_tag += 1
+                tags.append(self._delivery_tag)
+                self._unconfirmed[self._delivery_tag] = batch
+                channel.basic_publish(exchange, routing_key, payload, properties, mandatory=True)
+                del payload
+        except BaseException:
+            for tag in tags:
+                self._unconfirmed.pop(tag, None)
+            raise
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         """A batch reached no queue (the worker's queue was deleted): report it, once a batch."""

@@ -240,10 +240,9 @@ def test_the_store_healthcheck_passes_with_the_acl_file(
 
 def test_a_clustered_broker_reaches_every_party_as_a_url_list(tmp_path: Path) -> None:
     """``broker = [...]`` in the fleet file: every worker service gets the nodes as a ';' list."""
+    from broker.settings import Settings
     from deploy.fleetfile import load
     from deploy.provision import provision
-
-    from broker.settings import Settings
 
     text = FLEET_FILE.read_text()
     single = 'broker = "amqp://rabbitmq:5672"'
