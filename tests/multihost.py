@@ -64,6 +64,7 @@ from pathlib import Path
 from fleet_fixture import REPO, RunningFleet
 from private_servers import RABBITMQ_BIN, START_TIMEOUT, RabbitNode, _wait_for_line, stop
 
+from broker import topology
 from broker.settings import get_settings
 from client.fleet import reset_fleet_transport
 
@@ -370,6 +371,29 @@ class MultiHost:
             if url is not None and f"@{host.address}:" in url:
                 return number
         raise AssertionError(f"{url!r} is no broker host of this run")
+
+    def consumer_node(self, worker_id: str, ask: int = 0) -> int:
+        """The broker host of the channel consuming ``worker_id``'s queue (asked of node ``ask``).
+
+        A Celery worker has several connections (consumer, publisher, heartbeats) and after
+        a failover they may sit on different nodes: the consumer's is the one that serves.
+        """
+        queue = topology.worker_queue(worker_id, self.namespace)
+        listing = rabbitmqctl(
+            self.brokers[ask],
+            self.rabbits[ask][0],
+            "list_consumers",
+            "queue_name",
+            "channel_pid",
+            "--no-table-headers",
+        )
+        for line in listing.splitlines():
+            name, _, pid = line.partition("\t")
+            if name == queue:  # pid: <rabbit@10.251.x.y.n.m.k>
+                for number, host in enumerate(self.brokers):
+                    if f"@{host.address}." in pid:
+                        return number
+        raise AssertionError(f"no consumer of {queue} found on node {ask}:\n{listing}")
 
     def queue_leader(self, queue: str, ask: int = 0) -> int:
         """The broker host whose node leads quorum queue ``queue`` (asked of node ``ask``)."""

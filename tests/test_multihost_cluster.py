@@ -12,9 +12,11 @@ the one leading bob's queue (``rabbitmqctl list_queues name leader``). The clien
 reconnects to a surviving node through its URL list and publishes again what RabbitMQ
 had not confirmed; workers replay what they ran already, so the in-place ops count
 exactly once and the 100 MiB come back bit for bit. The stopped node is started again
-after each case. Last, the first node is killed (every process of its host): the
-workers fail over to the second node, the queues keep their messages, and objects sent
-before the crash are still exact.
+after each case. Each case reports which parties were on the stopped node (the
+leader can be the client's node too, after earlier stops moved the client). Last, the
+node bob is connected to is killed (every process of its host, SIGKILL): the workers
+fail over to another node, the queues keep their messages, and objects sent before the
+crash are still exact.
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ def stop_target(cluster: MultiHost, which: str) -> int:
     return cluster.queue_leader(queue, ask=cluster.node_number(get_fleet_transport().node))
 
 
+def placement(cluster: MultiHost, number: int) -> dict[str, float]:
+    """Who is on node ``number`` before it stops: 1.0 for the client and for bob if they are."""
+    client_node = cluster.node_number(get_fleet_transport().node)
+    return {
+        "client_on_stopped_node": float(client_node == number),
+        "bob_on_stopped_node": float(cluster.consumer_node("bob", ask=client_node) == number),
+    }
+
+
 def serve_again(cluster: MultiHost, since: float) -> dict[str, float]:
     """Seconds from ``since`` until bob and alice answer pings again."""
     return {
@@ -81,14 +92,16 @@ def report(name: str, figures: dict[str, float]) -> None:
 
 
 @pytest.mark.timeout(300)  # the first case includes booting three nodes and joining them
-@pytest.mark.parametrize("which", ["client node", "queue leader"])
+@pytest.mark.parametrize("which", ["queue leader", "client node"])
 def test_pipelined_ops_survive_a_node_stop(cluster: MultiHost, hook: Any, which: str) -> None:
     bob = sy.FleetWorker(hook, id="bob")
     x = torch.zeros(4).send(bob)
     bob.synchronize()  # acknowledged: x is on bob
     transport = get_fleet_transport()
+    republished = transport.republished
     generation = transport.generation
     number = stop_target(cluster, which)
+    where = placement(cluster, number)
     stopper_done = threading.Event()
     stopped_at: list[float] = []
 
@@ -127,17 +140,20 @@ def test_pipelined_ops_survive_a_node_stop(cluster: MultiHost, hook: Any, which:
         assert transport.reconnected_at is not None
         figures["client_reconnected_s"] = transport.reconnected_at - stopped_at[0]
     figures["ops"] = count
-    figures["batches_published_again"] = transport.republished
+    figures.update(where)
+    figures["batches_published_again"] = transport.republished - republished
     report(f"pipelined ops, {which} (node {number}) stopped", figures)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("which", ["client node", "queue leader"])
+@pytest.mark.parametrize("which", ["queue leader", "client node"])
 def test_a_100_mib_transfer_survives_a_node_stop(cluster: MultiHost, hook: Any, which: str) -> None:
     bob = sy.FleetWorker(hook, id="bob")
     big = torch.randn(BIG, generator=torch.Generator().manual_seed(13))
     transport = get_fleet_transport()
+    republished = transport.republished
     number = stop_target(cluster, which)
+    where = placement(cluster, number)
     started = time.monotonic()
     pointer = big.send(bob)
     bob.session.flush()  # out now, not at the next synchronising call
@@ -154,7 +170,8 @@ def test_a_100_mib_transfer_survives_a_node_stop(cluster: MultiHost, hook: Any, 
     finally:
         cluster.start_node(number)
     assert torch.equal(back, big)
-    figures["batches_published_again"] = transport.republished
+    figures["batches_published_again"] = transport.republished - republished
+    figures.update(where)
     report(f"100 MiB send and get, {which} (node {number}) stopped", figures)
     del pointer
     gc.collect()
@@ -168,8 +185,10 @@ def test_workers_fail_over_when_a_node_dies(cluster: MultiHost, hook: Any) -> No
     y = (x * 3).move(alice)
     bob.synchronize()
 
+    # the node bob is connected to now (earlier tests' stops moved the workers around)
+    number = cluster.consumer_node("bob", ask=cluster.node_number(get_fleet_transport().node))
     killed_at = time.monotonic()
-    cluster.kill_broker(0)
+    cluster.kill_broker(number)
     pending = x + 1  # sent while bob is reconnecting: waits in his quorum queue
     bob_back = cluster.wait_answers("bob", killed_at + FAILOVER_DEADLINE)
     alice_back = cluster.wait_answers("alice", killed_at + FAILOVER_DEADLINE)
@@ -184,6 +203,7 @@ def test_workers_fail_over_when_a_node_dies(cluster: MultiHost, hook: Any) -> No
             {
                 "bob_answers_s": round(bob_back - killed_at, 3),
                 "alice_answers_s": round(alice_back - killed_at, 3),
+                "node": number,
             }
         )
     )
