@@ -115,6 +115,8 @@ class FleetTransport:
         #: of each of their messages (in publishing order)
         self._unconfirmed: dict[int, _Unconfirmed] = {}
         self._delivery_tag = 0
+        #: batches RabbitMQ refused (nack), oldest first, until _drain puts them back
+        self._refused: list[tuple[int, _Unconfirmed]] = []
         #: batches published again because a connection dropped before RabbitMQ confirmed them
         self.republished = 0
         self._outbox: deque[tuple[str, Body, bool]] = deque()
@@ -371,12 +373,16 @@ class FleetTransport:
                 log.debug("closing a broken connection failed", exc_info=True)
 
     def _requeue_unconfirmed(self) -> None:
-        """Put batches RabbitMQ did not confirm back at the head of the outbox, as resends."""
-        batches: list[_Unconfirmed] = []
-        for batch in self._unconfirmed.values():
-            if not batches or batches[-1] is not batch:
-                batches.append(batch)
+        """Put batches RabbitMQ did not confirm back at the head of the outbox, as resends.
+
+        Refused ones too, all in the order they were first published (in-place ops on one
+        worker must run in order).
+        """
+        pending = [*self._refused, *self._unconfirmed.items()]
+        self._refused.clear()
         self._unconfirmed.clear()
+        pending.sort(key=lambda item: item[0])
+        batches = list({id(batch): batch for _, batch in pending}.values())  # first place kept
         if batches:
             log.info("publishing %d unconfirmed batches again", len(batches))
             self.republished += len(batches)
@@ -390,16 +396,15 @@ class FleetTransport:
             done = [key for key in self._unconfirmed if key <= tag]
         else:
             done = [tag] if tag in self._unconfirmed else []
-        refused: list[_Unconfirmed] = []
+        refused: list[tuple[int, _Unconfirmed]] = []
         for key in done:
             batch = self._unconfirmed.pop(key)
             if isinstance(method, pika.spec.Basic.Nack) and (
-                not refused or refused[-1] is not batch
+                not refused or refused[-1][1] is not batch
             ):
-                refused.append(batch)
-        for batch in reversed(refused):  # the broker could not take it: send it again, first
-            self._outbox.appendleft((batch.worker_id, batch.body, True))
-        if refused:
+                refused.append((key, batch))
+        if refused:  # the broker could not take them: sent again, first, by the next _drain
+            self._refused.extend(refused)
             self._wake()
 
     def _drain(self) -> None:
@@ -411,10 +416,26 @@ class FleetTransport:
             except _BROKER_ERRORS as error:
                 future.set_exception(error)
                 raise
+        self._take_refused()
         while self._outbox:
             worker_id, body, resend = self._outbox[0]
-            self._publish_batch(worker_id, body, resend)
+            try:
+                self._publish_batch(worker_id, body, resend)
+            except BaseException:
+                # some of it may have reached the broker: next time it goes as a resend
+                self._outbox[0] = (worker_id, body, True)
+                raise
             self._outbox.popleft()
+
+    def _take_refused(self) -> None:
+        """Put batches RabbitMQ refused (nack) at the head of the outbox, as resends.
+
+        Only here, between publishes: a confirm can arrive while ``_drain`` publishes
+        the outbox's head, which must still be the head when it is taken off.
+        """
+        while self._refused:
+            _, batch = self._refused.pop()
+            self._outbox.appendleft((batch.worker_id, batch.body, True))
 
     def _passive_queue(self, name: str) -> tuple[int, int] | None:
         """(messages, consumers) of queue ``name``, or None if it does not exist."""
