@@ -9,8 +9,7 @@ Variables and defaults:
 
 - ``TENSORFLEET_BROKER_URL`` = ``amqp://guest:guest@localhost:5672//``: RabbitMQ, Celery URL form;
   or several nodes of one cluster separated by ``;`` (Celery's failover form), which workers
-  and clients try in turn (``broker_urls``; ``broker_url`` is the first). A client whose
-  connection drops reconnects to the next node (client/fleet.py).
+  try in turn (``broker_urls``). ``broker_url`` is the first; the pika client uses only it.
 - ``TENSORFLEET_REDIS_URL`` = ``redis://localhost:6379/0``: where workers keep their objects.
 - ``TENSORFLEET_TIMEOUT`` = ``30``: seconds a synchronising call waits for a worker.
 - ``TENSORFLEET_NAMESPACE`` = ``tensorfleet``: prefix of queue names and Redis keys, so fleets

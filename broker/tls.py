@@ -36,15 +36,11 @@ def client_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def pika_parameters(settings: Settings, url: str | None = None) -> pika.URLParameters:
-    """pika's connection parameters for ``url`` (default: the first broker URL), TLS for amqps://.
-
-    ``url`` is one node of ``settings.broker_urls``: the client tries them in turn.
-    """
-    url = url or settings.broker_url
-    parameters = pika.URLParameters(pika_url(url))
-    if urlsplit(url).scheme == "amqps":
-        host = urlsplit(url).hostname or "localhost"
+def pika_parameters(settings: Settings) -> pika.URLParameters:
+    """pika's connection parameters for the broker URL, with TLS options for ``amqps://``."""
+    parameters = pika.URLParameters(pika_url(settings.broker_url))
+    if broker_uses_tls(settings):
+        host = urlsplit(settings.broker_url).hostname or "localhost"
         parameters.ssl_options = pika.SSLOptions(client_context(settings), server_hostname=host)
     return parameters
 

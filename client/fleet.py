@@ -27,19 +27,6 @@ is open, so the first call after a broker restart finds it connected again. A
 call that needs the broker while it is down waits for
 ``TENSORFLEET_CONNECT_RETRIES`` attempts, then gets
 :class:`~broker.errors.BrokerConnectionError`; no pika error reaches a caller.
-
-Failover: ``TENSORFLEET_BROKER_URL`` may list the nodes of one cluster (``;``).
-Each connection attempt tries them in turn, starting after the node that was
-last in use when a connection drops (that node is the likeliest to be down); one
-attempt is one pass over the list. :attr:`FleetTransport.node` names the node in use.
-
-Nothing published is lost in a drop: the channel is in publisher-confirm mode,
-and every batch stays in :attr:`FleetTransport._unconfirmed` until RabbitMQ
-confirms all its messages (for a quorum queue: once a majority of the nodes hold
-it). Batches still unconfirmed when the connection drops go out again first
-thing on the next connection, marked as resends, so a worker that got them
-already replays them instead of running them twice (worker/runtime.py). The
-confirms arrive asynchronously (pika's channel callback): publishing never waits.
 """
 
 from __future__ import annotations
@@ -54,7 +41,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -88,8 +74,6 @@ _BROKER_ERRORS = (pika.exceptions.AMQPError, OSError)
 _CONNECT_WAIT = 30.0
 #: AMQP reply code of a passive declare of another connection's exclusive queue.
 _RESOURCE_LOCKED = 405
-#: How long closing waits for RabbitMQ to confirm the last batches (seconds).
-_CLOSE_CONFIRM_WAIT = 5.0
 #: What the transport reports for a batch that reached no worker queue.
 _UNDELIVERED = "a batch of commands"
 
@@ -104,21 +88,7 @@ class FleetTransport:
         self.user = broker_user(self.settings.broker_url)
         suffix = client_id or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.reply_address = topology.client_reply_queue(self.user, suffix, self.settings.namespace)
-        self._urls = self.settings.broker_urls
-        self._url = safe_url(";".join(self._urls))
-        #: index in ``_urls`` of the node the next connection attempt tries first
-        self._first_node = 0
-        #: the node (credentials masked) of the open connection; None while disconnected
-        self.node: str | None = None
-        self._node_index = 0
-        #: batches published on this connection and not confirmed yet, by delivery tag
-        #: of each of their messages (in publishing order)
-        self._unconfirmed: dict[int, _Unconfirmed] = {}
-        self._delivery_tag = 0
-        #: batches RabbitMQ refused (nack), oldest first, until _drain puts them back
-        self._refused: list[tuple[int, _Unconfirmed]] = []
-        #: batches published again because a connection dropped before RabbitMQ confirmed them
-        self.republished = 0
+        self._url = safe_url(self.settings.broker_url)
         self._outbox: deque[tuple[str, Body, bool]] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         #: replies with the worker that sent each (None: a shared account), or an error
@@ -306,34 +276,15 @@ class FleetTransport:
             taken.append(self._calls.popleft())
         return taken
 
-    def _open(self) -> tuple[pika.BlockingConnection, int]:
-        """A connection to the first node of the list that answers, from ``_first_node`` on."""
-        count = len(self._urls)
-        errors: list[str] = []
-        for step in range(count):
-            index = (self._first_node + step) % count
-            # amqps://: TLS options (broker/tls.py)
-            parameters = pika_parameters(self.settings, self._urls[index])
-            parameters.connection_attempts = 1
-            parameters.socket_timeout = 10
-            parameters.blocked_connection_timeout = 300
-            parameters.client_properties = {
-                "connection_name": f"tensorfleet client {self.client_id}"
-            }
-            try:
-                return pika.BlockingConnection(parameters), index
-            except _BROKER_ERRORS as error:
-                if count == 1:
-                    raise
-                errors.append(f"{safe_url(self._urls[index])}: {type(error).__name__}: {error}")
-        raise pika.exceptions.AMQPConnectionError("no node answered (" + "; ".join(errors) + ")")
-
     def _connect(self) -> None:
-        connection, index = self._open()
+        parameters = pika_parameters(self.settings)  # amqps://: TLS options (broker/tls.py)
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = 10
+        parameters.blocked_connection_timeout = 300
+        parameters.client_properties = {"connection_name": f"tensorfleet client {self.client_id}"}
+        connection = pika.BlockingConnection(parameters)
         try:
             channel = connection.channel()
-            # publisher confirms, asynchronous: batches wait in _unconfirmed, nobody blocks
-            channel._impl.confirm_delivery(self._on_confirm)
             # exclusive: only this connection may consume it, and it goes with the connection
             # (RESOURCE_LOCKED while the broker still holds a dropped one: retried)
             channel.queue_declare(self.reply_address, durable=False, exclusive=True)
@@ -345,11 +296,8 @@ class FleetTransport:
             raise
         self._exchanges = set()
         self._probe = None
-        self._delivery_tag = 0
         self._channel = channel
         self._connection = connection
-        self._node_index = index
-        self.node = safe_url(self._urls[index])
         self.generation += 1
         if self.generation > 1:
             self.reconnected_at = time.monotonic()
@@ -360,60 +308,16 @@ class FleetTransport:
             self._drain()
             self._connection.process_data_events(time_limit=1.0)
         self._drain()
-        # closing: let RabbitMQ confirm what went out last (bounded), so nothing is dropped
-        deadline = time.monotonic() + _CLOSE_CONFIRM_WAIT
-        while self._unconfirmed and time.monotonic() < deadline:
-            self._connection.process_data_events(time_limit=0.1)
 
     def _disconnect(self) -> None:
         connection = self._connection
-        if connection is not None:
-            # the next attempt starts with the next node: this one may be down
-            self._first_node = (self._node_index + 1) % len(self._urls)
         self._connection, self._channel, self._probe = None, None, None
-        self.node = None
         self._wake_pending = False
-        self._requeue_unconfirmed()
         if connection is not None and connection.is_open:
             try:
                 connection.close()  # the exclusive reply queue goes with it
             except _BROKER_ERRORS:
                 log.debug("closing a broken connection failed", exc_info=True)
-
-    def _requeue_unconfirmed(self) -> None:
-        """Put batches RabbitMQ did not confirm back at the head of the outbox, as resends.
-
-        Refused ones too, all in the order they were first published (in-place ops on one
-        worker must run in order).
-        """
-        pending = [*self._refused, *self._unconfirmed.items()]
-        self._refused.clear()
-        self._unconfirmed.clear()
-        pending.sort(key=lambda item: item[0])
-        batches = list({id(batch): batch for _, batch in pending}.values())  # first place kept
-        if batches:
-            log.info("publishing %d unconfirmed batches again", len(batches))
-            self.republished += len(batches)
-            self._outbox.extendleft((b.worker_id, b.body, True) for b in reversed(batches))
-
-    def _on_confirm(self, frame: Any) -> None:
-        """RabbitMQ confirmed (ack) or refused (nack) messages up to a delivery tag."""
-        method = frame.method
-        tag, multiple = int(method.delivery_tag), bool(method.multiple)
-        if multiple:
-            done = [key for key in self._unconfirmed if key <= tag]
-        else:
-            done = [tag] if tag in self._unconfirmed else []
-        refused: list[tuple[int, _Unconfirmed]] = []
-        for key in done:
-            batch = self._unconfirmed.pop(key)
-            if isinstance(method, pika.spec.Basic.Nack) and (
-                not refused or refused[-1][1] is not batch
-            ):
-                refused.append((key, batch))
-        if refused:  # the broker could not take them: sent again, first, by the next _drain
-            self._refused.extend(refused)
-            self._wake()
 
     def _drain(self) -> None:
         """Answer questions, then publish every queued batch (one that fails stays queued)."""
@@ -424,26 +328,10 @@ class FleetTransport:
             except _BROKER_ERRORS as error:
                 future.set_exception(error)
                 raise
-        self._take_refused()
         while self._outbox:
             worker_id, body, resend = self._outbox[0]
-            try:
-                self._publish_batch(worker_id, body, resend)
-            except BaseException:
-                # some of it may have reached the broker: next time it goes as a resend
-                self._outbox[0] = (worker_id, body, True)
-                raise
+            self._publish_batch(worker_id, body, resend)
             self._outbox.popleft()
-
-    def _take_refused(self) -> None:
-        """Put batches RabbitMQ refused (nack) at the head of the outbox, as resends.
-
-        Only here, between publishes: a confirm can arrive while ``_drain`` publishes
-        the outbox's head, which must still be the head when it is taken off.
-        """
-        while self._refused:
-            _, batch = self._refused.pop()
-            self._outbox.appendleft((batch.worker_id, batch.body, True))
 
     def _passive_queue(self, name: str) -> tuple[int, int] | None:
         """(messages, consumers) of queue ``name``, or None if it does not exist."""
@@ -492,34 +380,21 @@ class FleetTransport:
                 return
             self._exchanges.add(exchange)
         routing_key = topology.worker_queue(worker_id, namespace)
-        # each message is registered before it goes out: its confirm may arrive while
-        # basic_publish still flushes; a batch cut short is taken back out (it stays in
-        # the outbox and goes out whole on the next connection)
-        batch = _Unconfirmed(worker_id, body)
-        tags: list[int] = []
-        try:
-            for chunk, part in split_pieces(body, self.settings.max_message_bytes):
-                task_id = new_task_id()
-                headers, payload = task_message(part, task_id, self.client_id, chunk, resend=resend)
-                properties = pika.BasicProperties(
-                    headers=headers,
-                    reply_to=self.reply_address,
-                    correlation_id=task_id,
-                    delivery_mode=PERSISTENT,
-                    priority=0,
-                    user_id=self.user,
-                    **message_properties(),
-                )
-                del part
-                self._delivery_tag += 1
-                tags.append(self._delivery_tag)
-                self._unconfirmed[self._delivery_tag] = batch
-                channel.basic_publish(exchange, routing_key, payload, properties, mandatory=True)
-                del payload
-        except BaseException:
-            for tag in tags:
-                self._unconfirmed.pop(tag, None)
-            raise
+        for chunk, part in split_pieces(body, self.settings.max_message_bytes):
+            task_id = new_task_id()
+            headers, payload = task_message(part, task_id, self.client_id, chunk, resend=resend)
+            properties = pika.BasicProperties(
+                headers=headers,
+                reply_to=self.reply_address,
+                correlation_id=task_id,
+                delivery_mode=PERSISTENT,
+                priority=0,
+                user_id=self.user,
+                **message_properties(),
+            )
+            del part
+            channel.basic_publish(exchange, routing_key, payload, properties, mandatory=True)
+            del payload
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         """A batch reached no queue (the worker's queue was deleted): report it, once a batch."""
@@ -561,14 +436,6 @@ class FleetTransport:
             return
         if whole is not None:
             self._inbox.put((whole, sender))  # writable: big tensors decode without a copy
-
-
-@dataclass(frozen=True, eq=False, slots=True)
-class _Unconfirmed:
-    """A published batch RabbitMQ has not confirmed every message of."""
-
-    worker_id: str
-    body: Body
 
 
 def _first_part(headers: dict[str, Any]) -> bool:

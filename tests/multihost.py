@@ -16,12 +16,9 @@ host (namespace)   what runs there
 ``broker``         a private RabbitMQ node (its own epmd, database, cookie) listening on the
                    host's IP, port 5672; ``guest`` may log in from other hosts. With
                    ``brokers=3``: hosts ``broker0`` to ``broker2``, whose nodes
-                   (``rabbit@<ip>``, one cookie) join one cluster; clients get all of
-                   them as a ``;`` list starting with the last, workers starting with
-                   the first (both fail over); :meth:`MultiHost.kill_broker` crashes
-                   one, :meth:`MultiHost.restart_broker` boots it again (same database),
-                   :meth:`MultiHost.stop_node` / :meth:`MultiHost.start_node` stop and
-                   start its RabbitMQ application (``rabbitmqctl stop_app``)
+                   (``rabbit@<ip>``, one cookie) join one cluster; clients use the last,
+                   workers get all of them as a ``;`` list (and fail over);
+                   :meth:`MultiHost.kill_broker` crashes one
 ``<worker id>``    one per data owner (and the aggregator): its own ``redis-server`` on the
                    host's IP, port 6379, AOF on (``appendfsync always``), and its
                    ``tensorfleet worker <id>`` (``worker.runner.start_worker_process`` under
@@ -64,7 +61,6 @@ from pathlib import Path
 from fleet_fixture import REPO, RunningFleet
 from private_servers import RABBITMQ_BIN, START_TIMEOUT, RabbitNode, _wait_for_line, stop
 
-from broker import topology
 from broker.settings import get_settings
 from client.fleet import reset_fleet_transport
 
@@ -177,12 +173,9 @@ def namespace_pids(netns: str) -> list[int]:
     return pids
 
 
-def kill_namespace_processes(netns: str, crash: bool = False) -> None:
-    """SIGTERM every process in ``netns`` (all started by this run), SIGKILL what stays.
-
-    ``crash``: SIGKILL at once, as a power cut or a kernel panic would leave them.
-    """
-    for sig in (signal.SIGKILL,) if crash else (signal.SIGTERM, signal.SIGKILL):
+def kill_namespace_processes(netns: str) -> None:
+    """SIGTERM every process in ``netns`` (all started by this run), SIGKILL what stays."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in namespace_pids(netns):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -345,71 +338,8 @@ class MultiHost:
         return f"amqp://guest:guest@{host.address}:{AMQP_PORT}//"
 
     def kill_broker(self, number: int) -> None:
-        """SIGKILL every process of broker host ``number`` (a node crash: nothing shuts down)."""
-        kill_namespace_processes(self.brokers[number].netns, crash=True)
-
-    def restart_broker(self, number: int) -> None:
-        """Boot broker host ``number``'s node again on its database (after :meth:`kill_broker`)."""
-        host = self.brokers[number]
-        with contextlib.suppress(Exception):
-            stop(self.rabbits[number][1])  # killed already: reaped here
-        self.rabbits[number] = start_rabbitmq(host, self.root / host.name)
-
-    def stop_node(self, number: int) -> None:
-        """``rabbitmqctl stop_app`` on node ``number``: its connections drop, it leaves service."""
-        host = self.brokers[number]
-        rabbitmqctl(host, self.rabbits[number][0], "stop_app")
-
-    def start_node(self, number: int) -> None:
-        host = self.brokers[number]
-        rabbitmqctl(host, self.rabbits[number][0], "start_app")
-        rabbitmqctl(host, self.rabbits[number][0], "await_startup")
-
-    def node_number(self, url: str | None) -> int:
-        """Which broker host a (masked) URL names, by its IP; fails for None or a stranger."""
-        for number, host in enumerate(self.brokers):
-            if url is not None and f"@{host.address}:" in url:
-                return number
-        raise AssertionError(f"{url!r} is no broker host of this run")
-
-    def consumer_node(self, worker_id: str, ask: int = 0) -> int:
-        """The broker host of the channel consuming ``worker_id``'s queue (asked of node ``ask``).
-
-        A Celery worker has several connections (consumer, publisher, heartbeats) and after
-        a failover they may sit on different nodes: the consumer's is the one that serves.
-        """
-        queue = topology.worker_queue(worker_id, self.namespace)
-        listing = rabbitmqctl(
-            self.brokers[ask],
-            self.rabbits[ask][0],
-            "list_consumers",
-            "queue_name",
-            "channel_pid",
-            "--no-table-headers",
-        )
-        for line in listing.splitlines():
-            name, _, pid = line.partition("\t")
-            if name == queue:  # pid: <rabbit@10.251.x.y.n.m.k>
-                for number, host in enumerate(self.brokers):
-                    if f"@{host.address}." in pid:
-                        return number
-        raise AssertionError(f"no consumer of {queue} found on node {ask}:\n{listing}")
-
-    def queue_leader(self, queue: str, ask: int = 0) -> int:
-        """The broker host whose node leads quorum queue ``queue`` (asked of node ``ask``)."""
-        listing = rabbitmqctl(
-            self.brokers[ask],
-            self.rabbits[ask][0],
-            "list_queues",
-            "name",
-            "leader",
-            "--no-table-headers",
-        )
-        for line in listing.splitlines():
-            name, _, leader = line.partition("\t")
-            if name == queue:
-                return self.node_number(f"@{leader.strip().partition('@')[2]}:")
-        raise AssertionError(f"no queue {queue} on node {ask}:\n{listing}")
+        """SIGKILL every process of broker host ``number`` (a node crash)."""
+        kill_namespace_processes(self.brokers[number].netns)
 
     def host(self, worker_id: str) -> Host:
         return self.network.hosts[worker_id]
@@ -422,10 +352,8 @@ class MultiHost:
 
     def client_env(self) -> dict[str, str]:
         """What a client of this fleet sets, on any host."""
-        # a cluster: every node, the last first (workers start with the first)
-        nodes = [self.broker, *self.brokers[:-1]]
         return {
-            "TENSORFLEET_BROKER_URL": ";".join(self.node_url(host) for host in nodes),
+            "TENSORFLEET_BROKER_URL": self.broker_url,
             "TENSORFLEET_NAMESPACE": self.namespace,
             "TENSORFLEET_TIMEOUT": f"{self.timeout:g}",
             "TENSORFLEET_QUEUE_TYPE": self.queue_type,

@@ -236,32 +236,3 @@ def test_the_store_healthcheck_passes_with_the_acl_file(
             [test[1], "-p", str(port), "ping"], capture_output=True, text=True, timeout=30
         )
         assert "PONG" not in anonymous.stdout
-
-
-def test_a_clustered_broker_reaches_every_party_as_a_url_list(tmp_path: Path) -> None:
-    """``broker = [...]`` in the fleet file: every worker service gets the nodes as a ';' list."""
-    from broker.settings import Settings
-    from deploy.fleetfile import load
-    from deploy.provision import provision
-
-    text = FLEET_FILE.read_text()
-    single = 'broker = "amqp://rabbitmq:5672"'
-    assert single in text
-    fleet_file = tmp_path / "fleet.toml"
-    fleet_file.write_text(
-        text.replace(single, 'broker = ["amqp://rabbitmq:5672", "amqp://rabbitmq-2:5672"]')
-    )
-    out = tmp_path / "fleet"
-    provision(load(fleet_file), out)
-    result = compose(COMPOSE_FILE, "config", "--format", "json", fleet=out)
-    assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
-    for worker_id in WORKERS:
-        environment = services[worker_id]["environment"]
-        settings = Settings.from_env(
-            {"TENSORFLEET_BROKER_URL": environment["TENSORFLEET_BROKER_URL"]}
-        )
-        hosts = [url.split("@", 1)[1] for url in settings.broker_urls]
-        assert hosts == ["rabbitmq:5672/tensorfleet", "rabbitmq-2:5672/tensorfleet"]
-        store = f"redis-{worker_id}" if worker_id in OWNERS else "redis"
-        assert environment["TENSORFLEET_REDIS_URL"].endswith(f"@{store}:6379/0")

@@ -5,17 +5,12 @@ through the bridge to the broker host); one test runs a client on the client hos
 owner's link is cut mid-round, or its worker and Redis are killed: the client's next
 synchronising call fails within TENSORFLEET_TIMEOUT with WorkerUnavailableError naming
 that owner; once the owner is back the next round runs, and what was acknowledged before
-the fault (the owners' data) is still exact. The broker host's RabbitMQ node is killed
-and booted again mid-round: the next synchronising call fails within the timeout with
-BrokerConnectionError (no worker is at fault: the client cannot reach the broker), and
-once the node is back the client and workers reconnect by themselves and the next round
-runs on the same, exact data. Detection and recovery times are printed
+the fault (the owners' data) is still exact. Detection and recovery times are printed
 (``pytest -s``) and written in the README ("Across hosts").
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import shutil
@@ -31,7 +26,7 @@ from multihost import MultiHost
 from torch import nn
 
 import client as sy
-from broker.errors import BrokerConnectionError, WorkerUnavailableError
+from broker.errors import WorkerUnavailableError
 from client.federated.fedavg import load_parameters, secure_average, train_epochs
 
 pytestmark = pytest.mark.multihost
@@ -69,22 +64,6 @@ def workers(hosts: MultiHost, hook: Any) -> Iterator[dict[str, Any]]:
         worker.clear_objects()
 
 
-@contextlib.contextmanager
-def patient(workers: dict[str, Any]) -> Iterator[None]:
-    """Calls wait up to RECOVER_DEADLINE instead of TIMEOUT: for work that is not a fault test.
-
-    The first round on fresh workers (torch's lazy start-up on each) and a round right after
-    a recovery can take longer than TIMEOUT on two cores shared with other test runs (8 s
-    was measured at load 17); only the call right after a fault is held to TIMEOUT.
-    """
-    session = next(iter(workers.values())).session
-    saved, session.timeout = session.timeout, RECOVER_DEADLINE
-    try:
-        yield
-    finally:
-        session.timeout = saved
-
-
 def owner_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 4, generator=generator)
@@ -103,9 +82,8 @@ class Federation:
             owner: (x.send(workers[owner]), y.send(workers[owner]))
             for owner, (x, y) in self.local.items()
         }
-        with patient(workers):
-            for owner in OWNERS:  # acknowledged: everything above is on the owners
-                workers[owner].synchronize()
+        for owner in OWNERS:  # acknowledged: everything above is on the owners
+            workers[owner].synchronize()
         self.copies: list[nn.Module] = []
         self.losses: dict[str, Any] = {}
 
@@ -185,8 +163,7 @@ print(json.dumps({"closed": closed, "value": y.get().tolist(), "bob": bob.object
 
 def test_cut_link_mid_round(hosts: MultiHost, workers: dict[str, Any]) -> None:
     federation = Federation(workers)
-    with patient(workers):
-        federation.round()
+    federation.round()
     federation.train()  # bob's work is on its way (or queued for it) when the link goes
     cut_at = time.monotonic()
     hosts.cut("bob")
@@ -198,11 +175,9 @@ def test_cut_link_mid_round(hosts: MultiHost, workers: dict[str, Any]) -> None:
     restored_at = time.monotonic()
     answered = hosts.wait_answers("bob", restored_at + RECOVER_DEADLINE)
     federation.abandon()
-    with patient(workers):
-        federation.round()
+    federation.round()
     recovered = time.monotonic() - restored_at
-    with patient(workers):
-        federation.assert_data_exact()
+    federation.assert_data_exact()
     report(
         "link cut",
         detect_s=detected,
@@ -214,8 +189,7 @@ def test_cut_link_mid_round(hosts: MultiHost, workers: dict[str, Any]) -> None:
 
 def test_owner_crash_mid_round(hosts: MultiHost, workers: dict[str, Any]) -> None:
     federation = Federation(workers)
-    with patient(workers):
-        federation.round()
+    federation.round()
     federation.train()
     crashed_at = time.monotonic()
     hosts.kill_owner("bob")
@@ -225,51 +199,13 @@ def test_owner_crash_mid_round(hosts: MultiHost, workers: dict[str, Any]) -> Non
     hosts.start_owner("bob")  # Redis replays its AOF, the worker loads its objects
     answered = time.monotonic()
     federation.abandon()
-    with patient(workers):
-        federation.round()
+    federation.round()
     recovered = time.monotonic() - restart_at
-    with patient(workers):
-        federation.assert_data_exact()
+    federation.assert_data_exact()
     report(
         "owner crash",
         detect_s=detected,
         sync_call_s=waited,
         bob_answers_after_restart_s=answered - restart_at,
         next_round_done_after_restart_s=recovered,
-    )
-
-
-def test_broker_host_reboot_mid_round(hosts: MultiHost, workers: dict[str, Any]) -> None:
-    """The broker host's node crashes mid-round and boots again (durable queues, its database)."""
-    federation = Federation(workers)
-    with patient(workers):
-        federation.round()
-    federation.train()
-    crashed_at = time.monotonic()
-    hosts.kill_broker(0)  # SIGKILL every process of the broker host: RabbitMQ and its epmd
-    called_at = time.monotonic()
-    with pytest.raises(BrokerConnectionError, match="Cannot talk to the broker"):
-        federation.fetch_losses()
-    detected = time.monotonic() - crashed_at
-    waited = time.monotonic() - called_at
-    assert waited <= TIMEOUT + SLACK, f"the failure took {waited:.1f} s, timeout {TIMEOUT:g} s"
-    reboot_at = time.monotonic()
-    hosts.restart_broker(0)
-    booted = time.monotonic()
-    answered = max(
-        hosts.wait_answers(worker_id, booted + RECOVER_DEADLINE) for worker_id in hosts.worker_ids
-    )
-    federation.abandon()
-    with patient(workers):
-        federation.round()  # this process's client reconnected by itself: no new handles
-    recovered = time.monotonic() - reboot_at
-    with patient(workers):
-        federation.assert_data_exact()
-    report(
-        "broker host reboot",
-        detect_s=detected,
-        sync_call_s=waited,
-        node_boot_s=booted - reboot_at,
-        all_workers_answer_after_reboot_began_s=answered - reboot_at,
-        next_round_done_after_reboot_began_s=recovered,
     )
