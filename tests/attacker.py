@@ -118,3 +118,11 @@ class FleetAttacker:
 
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def refusal(client: Any, worker_id: str, command: list[Any]) -> dict[str, Any]:
+    """Send one command that asks for a reply and return the error it was answered with."""
+    client.send(worker_id, [command])
+    [(_, ok, payload)] = client.replies(1)
+    assert ok is False, f"{command[0]} was not refused: {payload}"
+    return dict(payload)

@@ -64,6 +64,19 @@ def worker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def attacker(worker_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Another client speaking the raw protocol (tests/attacker.py), on the test's kind."""
+    import attacker as attackers
+
+    if worker_kind == "virtual":
+        client: Any = attackers.InProcessAttacker()
+    else:
+        client = attackers.FleetAttacker(request.getfixturevalue("fleet").settings)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def make_worker(hook: Any, worker_kind: str) -> Iterator[Callable[[str], Any]]:
     """``make_worker("bob")``: a worker of this test's kind with an empty store."""
     made: dict[str, Any] = {}

@@ -9,13 +9,13 @@ but never taken; another client's objects are refused outright.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hosted_data
 import pytest
 import torch
+from attacker import refusal
 
 import client as sy
 from broker import protocol
@@ -31,26 +31,6 @@ def owner(hook: Any, worker_kind: str, bob: Any, hosted_files: dict[str, Path]) 
         path = hosted_files["bob"]
         sy.VirtualWorker(hook, id="bob", data=dataset_tensors("bob", hosted_data.NAME, path))
     return bob
-
-
-@pytest.fixture
-def attacker(worker_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    import attacker as attackers
-
-    if worker_kind == "virtual":
-        client: Any = attackers.InProcessAttacker()
-    else:
-        client = attackers.FleetAttacker(request.getfixturevalue("fleet").settings)
-    yield client
-    client.close()
-
-
-def refusal(attacker: Any, worker_id: str, command: list[Any]) -> dict[str, Any]:
-    attacker.send(worker_id, [command])
-    (reply,) = attacker.replies(1)
-    _, ok, payload = reply
-    assert ok is False, payload
-    return dict(payload)
 
 
 def test_the_policy_table() -> None:

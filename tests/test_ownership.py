@@ -10,11 +10,10 @@ must stay exact.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import torch
+from attacker import refusal
 
 from broker import protocol
 from broker.protocol import PointerRecord, Ref
@@ -22,29 +21,8 @@ from broker.protocol import PointerRecord, Ref
 SECRET = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0])
 
 
-@pytest.fixture
-def attacker(worker_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    import attacker as attackers
-
-    if worker_kind == "virtual":
-        client: Any = attackers.InProcessAttacker()
-    else:
-        client = attackers.FleetAttacker(request.getfixturevalue("fleet").settings)
-    yield client
-    client.close()
-
-
 def new_id() -> int:
     return uuid.uuid4().int % 2**63
-
-
-def refusal(attacker: Any, worker_id: str, command: list[Any]) -> dict[str, Any]:
-    """Send one command that asks for a reply; return the error it got."""
-    attacker.send(worker_id, [command])
-    (reply,) = attacker.replies(1)
-    _, ok, payload = reply
-    assert ok is False, payload
-    return dict(payload)
 
 
 def test_another_client_cannot_read_list_or_count_my_objects(bob: Any, attacker: Any) -> None:

@@ -9,11 +9,11 @@ replays its ops, and the worker keeps its copy. Another client's plan is refused
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from attacker import refusal
 from torch import nn
 
 import client as sy
@@ -31,26 +31,6 @@ def stateful() -> sy.Plan:
         return x + bias
 
     return foo
-
-
-@pytest.fixture
-def attacker(worker_kind: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    import attacker as attackers
-
-    if worker_kind == "virtual":
-        client: Any = attackers.InProcessAttacker()
-    else:
-        client = attackers.FleetAttacker(request.getfixturevalue("fleet").settings)
-    yield client
-    client.close()
-
-
-def refusal(attacker: Any, worker_id: str, command: list[Any]) -> dict[str, Any]:
-    attacker.send(worker_id, [command])
-    (reply,) = attacker.replies(1)
-    _, ok, payload = reply
-    assert ok is False, payload
-    return dict(payload)
 
 
 # ------------------------------------------------------------------ stateful plans

@@ -24,6 +24,7 @@ import pytest
 import redis
 import redis.exceptions
 import torch
+from attacker import refusal
 from fleet_fixture import RunningFleet, fleet, new_namespace
 from provisioned import PartyClient, Provisioned, provisioned_fleet
 
@@ -99,14 +100,6 @@ def secret(victim: tuple[Any, Any]) -> Iterator[Any]:
     assert torch.equal(pointer.get(), SECRET), "the victim's object changed"
 
 
-def refused(dave: PartyClient, worker_id: str, command: list[Any]) -> dict[str, Any]:
-    """Send one command that asks for a reply and return the error it was answered with."""
-    dave.send(worker_id, [command])
-    [(_, ok, payload)] = dave.replies(1)
-    assert ok is False, f"{command[0]} was not refused: {payload}"
-    return dict(payload)
-
-
 def new_id() -> int:
     return int.from_bytes(os.urandom(8), "big") >> 1
 
@@ -118,7 +111,7 @@ def test_reading_listing_and_counting_carols_objects_is_refused(
     provisioned: Fleet, secret: Any
 ) -> None:
     dave = provisioned.dave
-    error = refused(dave, "bob", [protocol.GET, Ref(secret.id_at_location), 1])
+    error = refusal(dave, "bob", [protocol.GET, Ref(secret.id_at_location), 1])
     assert error["type"] == "PermissionDeniedError"
     assert str(secret.id_at_location) in error["message"] and "bob" in error["message"]
     dave.send("bob", [[protocol.OBJECTS, 2], [protocol.COUNT, 3]])
@@ -130,12 +123,12 @@ def test_overwriting_deleting_and_clearing_carols_objects_is_refused(
     provisioned: Fleet, secret: Any
 ) -> None:
     dave, victim_id = provisioned.dave, secret.id_at_location
-    error = refused(dave, "bob", [protocol.STORE, victim_id, torch.zeros(6), 1])
+    error = refusal(dave, "bob", [protocol.STORE, victim_id, torch.zeros(6), 1])
     assert error["type"] == "PermissionDeniedError"
     own = new_id()
     dave.call("bob", [[protocol.STORE, own, torch.zeros(6), 2]])
     add_into_victim = [protocol.OP, "torch.add", [Ref(own), 1], {}, [victim_id], True, 3]
-    error = refused(dave, "bob", add_into_victim)
+    error = refusal(dave, "bob", add_into_victim)
     assert error["type"] == "PermissionDeniedError"
     dave.send("bob", [[protocol.SETATTR, Ref(victim_id), "data", Ref(own)]])
     dave.send("bob", [[protocol.DELETE, victim_id], [protocol.CLEAR, 5], [protocol.PING, 6]])
@@ -143,7 +136,7 @@ def test_overwriting_deleting_and_clearing_carols_objects_is_refused(
     refusals = [payload["type"] for request, ok, payload in answers if request is None]
     assert refusals == ["PermissionDeniedError"] * 2, answers
     assert [6, True, True] in answers
-    error = refused(dave, "bob", [protocol.GET, Ref(own), 7])  # clear took dave's own object
+    error = refusal(dave, "bob", [protocol.GET, Ref(own), 7])  # clear took dave's own object
     assert error["type"] == "ObjectNotFoundError"
 
 
@@ -151,14 +144,14 @@ def test_exfiltrating_carols_objects_by_send_move_or_remote_get_is_refused(
     provisioned: Fleet, secret: Any
 ) -> None:
     dave, victim_id = provisioned.dave, secret.id_at_location
-    error = refused(dave, "bob", [protocol.SEND_TO, victim_id, "alice", new_id(), 1])
+    error = refusal(dave, "bob", [protocol.SEND_TO, victim_id, "alice", new_id(), 1])
     assert error["type"] == "PermissionDeniedError"
     # into a queue dave reads: his reply queue is no worker, and nothing is declared for it
-    error = refused(dave, "bob", [protocol.SEND_TO, victim_id, dave.reply_queue, new_id(), 2])
+    error = refusal(dave, "bob", [protocol.SEND_TO, victim_id, dave.reply_queue, new_id(), 2])
     assert error["type"] == "PermissionDeniedError"
     own = new_id()  # even dave's own tensor goes only to workers of the fleet
     dave.call("bob", [[protocol.STORE, own, torch.ones(6), 5]])
-    error = refused(dave, "bob", [protocol.SEND_TO, own, dave.reply_queue, new_id(), 6])
+    error = refusal(dave, "bob", [protocol.SEND_TO, own, dave.reply_queue, new_id(), 6])
     assert error["type"] == "UnknownWorkerError"
     # a pointer record of dave's own on alice naming carol's object on bob
     record = new_id()
@@ -173,7 +166,7 @@ def test_exfiltrating_carols_objects_by_send_move_or_remote_get_is_refused(
             ]
         ],
     )
-    error = refused(dave, "alice", [protocol.REMOTE_GET, record, 4])
+    error = refusal(dave, "alice", [protocol.REMOTE_GET, record, 4])
     assert error["type"] == "PermissionDeniedError"
 
 
